@@ -1,0 +1,127 @@
+"""``steerling-lite generate``: generate text from a prompt; text to stdout, timings to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ..errors import GenerationError
+from ..generate import GenerationConfig
+from .common import add_model_args, load_model
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    add_model_args(p)
+    add_prompt_args(p)
+    add_sampling_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead")
+    p.set_defaults(func=run)
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text ('-' reads standard input)")
+    g.add_argument("--prompt-file", metavar="FILE", help="read the prompt from FILE")
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt as a user turn in the chat template (default: on for instruct models)")
+    p.add_argument("--system", metavar="TEXT", help="system message (chat only)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", "-n", type=int, default=128,
+                   help="tokens to generate, a multiple of the model's diffusion block (64 for Steerling-8B); default 128")
+    g.add_argument("--steps", type=int, help="denoising steps (default: one per token); fewer is faster")
+    g.add_argument("--temperature", type=float,
+                   help="0 = greedy (argmax); a value > 0 samples softmax(logits/T) with top-p. "
+                        "Default: the reference's entropy-adaptive temperature")
+    g.add_argument("--top-p", type=float, default=0.8, help="nucleus mass (default 0.8)")
+    g.add_argument("--repetition-penalty", type=float, default=1.1, help="default 1.1; 1 disables")
+    g.add_argument("--seed", type=int, help="random seed (default: random, printed to stderr)")
+    g.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (default 0: off)")
+    g.add_argument("--parallel-threshold", type=float, metavar="P",
+                   help="parallel decoding: each step also commits every masked token with confidence >= P "
+                        "(Fast-dLLM; e.g. 0.9). Off by default, so outputs match the reference")
+
+
+def prompt_text(args: argparse.Namespace) -> str:
+    if args.prompt_file:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    if args.prompt == "-":
+        return sys.stdin.read()
+    return args.prompt
+
+
+def generation_config(args: argparse.Namespace, stop_tokens: tuple[int, ...] = ()) -> GenerationConfig:
+    temperature = args.temperature
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        temperature=1.2 if temperature is None else temperature,
+        entropy_sampling=temperature is None,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        cfg_scale=args.cfg_scale,
+        confidence_threshold=args.parallel_threshold,
+        stop_tokens=stop_tokens,
+    )
+
+
+def build_prompt(lm, args: argparse.Namespace):
+    """Token ids for the prompt options (chat template for instruct models unless ``--no-chat``)."""
+    from ..tokenizer import ChatMessage
+
+    text = prompt_text(args)
+    if not text.strip():
+        raise GenerationError("the prompt is empty: pass some text with --prompt")
+    use_chat = lm.config.instruct if args.chat is None else args.chat
+    if use_chat:
+        msgs = ([ChatMessage("system", args.system)] if args.system else []) + [ChatMessage("user", text)]
+        return lm.tokenizer.chat_prompt(msgs)
+    return lm.tokenizer.encode(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    lm = load_model(args, quiet=args.json)
+    ids = build_prompt(lm, args)
+    config = generation_config(args)
+    gen = lm.stream(ids, config)
+    printed = ""
+    for event in gen:
+        if not args.json and lm.config.mask_token_id not in event.block_tokens:  # a block is complete
+            text = lm.tokenizer.decode(gen.generated_ids(event.block_start + len(event.block_tokens)))
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    result = gen.result
+    assert result is not None
+    total = time.perf_counter() - t_start
+    if args.json:
+        print(json.dumps({
+            "text": result.text, "token_ids": result.token_ids, "prompt_tokens": len(result.prompt_ids),
+            "generated_tokens": len(result.token_ids), "steps": result.steps, "seed": result.seed,
+            "stop_reason": result.stop_reason, "model": str(lm.path), "device": str(lm.device),
+            "dtype": str(lm.dtype).removeprefix("torch."),
+            "timings": {
+                "load_s": round(lm.load_stats.seconds, 4) if lm.load_stats else None,
+                "generate_s": round(result.elapsed_s, 4), "first_token_s": round(result.first_commit_s, 4),
+                "total_s": round(total, 4), "tokens_per_s": round(result.tokens_per_s, 2),
+            },
+        }))
+        return 0
+    rest = result.text[len(printed):] if result.text.startswith(printed) else ""
+    sys.stdout.write(rest + "\n")
+    sys.stdout.flush()
+    print(
+        f"{result.committed_tokens} tokens in {result.elapsed_s:.2f} s ({result.tokens_per_s:.1f} tokens/s), "
+        f"{result.steps} steps, first token after {result.first_commit_s * 1000:.0f} ms, seed {result.seed}, "
+        f"stop: {result.stop_reason}",
+        file=sys.stderr,
+    )
+    return 0

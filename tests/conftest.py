@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny random checkpoints (written once per session) and an isolated data dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint
+
+_CACHE: dict[str, Path] = {}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Point the user data dir at a per-session temp dir: tests never touch the real home."""
+    home = tmp_path_factory.getbasetemp() / "steerling-home"
+    monkeypatch.setenv("STEERLING_LITE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def make_ckpt(tmp_path_factory):
+    """``make_ckpt(preset="tiny", seed=0, max_shard_bytes=None, dtype=bf16, instruct=False,
+    schema="flat", interpretable=True, **config_overrides) -> Path``, cached per argument set."""
+    import torch
+
+    def make(preset: str = "tiny", *, seed: int = 0, max_shard_bytes: int | None = None,
+             dtype=torch.bfloat16, instruct: bool = False, schema: str = "flat",
+             interpretable: bool = True, **overrides) -> Path:
+        key = json.dumps([preset, seed, max_shard_bytes, str(dtype), instruct, schema, interpretable,
+                          sorted(overrides.items())], default=str)
+        if key not in _CACHE:
+            cfg = preset_config(preset, instruct=instruct, schema=schema, interpretable=interpretable, **overrides)
+            out = tmp_path_factory.mktemp("ckpt")
+            _CACHE[key] = write_random_checkpoint(out / "model", cfg, seed=seed, dtype=dtype,
+                                                  max_shard_bytes=max_shard_bytes)
+        return _CACHE[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(make_ckpt) -> Path:
+    """The ``tiny`` preset, flat schema, single file, bf16."""
+    return make_ckpt()
