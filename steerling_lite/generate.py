@@ -273,7 +273,7 @@ class Generation:
         seen_ids = torch.unique(torch.cat([x[0, :P], x.new_tensor([mask_id])]))
         banned = torch.tensor([eos_id, mask_id, cfg.pad_token_id], device=device)
         generator = torch.Generator(device=device).manual_seed(self.seed)
-        cache = KVCache.allocate(cfg.n_layers, batch, cfg.kv_heads, L, cfg.head_dim, B, dtype, device)
+        cache = KVCache.allocate(model.layer_devices(), batch, cfg.kv_heads, L, cfg.head_dim, B, dtype)
         seq = self.sequence = [mask_id] * L
         seq[:P] = self.prompt_ids
         commit_step = [-1] * G

@@ -14,6 +14,7 @@ forwarded and are overwritten by the next forward.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,14 +37,15 @@ class KVCache:
 
     @classmethod
     def allocate(
-        cls, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int, block: int,
-        dtype: torch.dtype, device: torch.device | str,
+        cls, devices: Sequence[torch.device | str], batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+        block: int, dtype: torch.dtype,
     ) -> KVCache:
-        """Zeroed buffers for ``max_len`` tokens: ``2 * n_layers * batch * n_kv_heads * max_len * head_dim``
-        elements of ``dtype``."""
+        """Zeroed buffers for ``max_len`` tokens, layer i's on ``devices[i]`` (the device its block
+        computes on, so that offload hooks never copy the cache): ``2 * batch * n_kv_heads *
+        max_len * head_dim`` elements of ``dtype`` per layer."""
         shape = (batch, n_kv_heads, max_len, head_dim)
-        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        keys = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
+        values = [torch.zeros(shape, dtype=dtype, device=d) for d in devices]
         return cls(keys, values, 0, block)
 
     @staticmethod

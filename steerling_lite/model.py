@@ -267,6 +267,18 @@ class SteerlingModel(nn.Module):
             UnknownHead(c, cfg.n_embd) if c is not None and c.n_unknown_padded else None
         )
 
+    def layer_devices(self) -> list[torch.device]:
+        """The device each transformer block computes on: an offload hook's execution device
+        (accelerate) if the block has one, else the device of its first parameter."""
+        out = []
+        for block in self.transformer.blocks:
+            hook = getattr(block, "_hf_hook", None)
+            dev = getattr(hook, "execution_device", None)
+            if dev is None:
+                dev = next(block.parameters()).device
+            out.append(torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}"))
+        return out
+
     @property
     def interpretable(self) -> bool:
         return self.known_head is not None
