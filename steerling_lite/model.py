@@ -25,6 +25,18 @@ from .config import SteerlingConfig
 from .kv_cache import KVCache
 
 
+def param_part(name: str) -> str:
+    """Which part of the model a parameter belongs to: ``transformer`` (blocks and norms),
+    ``embedding / lm head`` (tied), ``known head`` or ``discovered head``."""
+    if name.startswith("known_head."):
+        return "known head"
+    if name.startswith("unknown_head."):
+        return "discovered head"
+    if name.endswith("tok_emb.weight") or name.endswith("lm_head.weight"):
+        return "embedding / lm head"
+    return "transformer"
+
+
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * weight`` computed in fp32, cast back to x's dtype."""
 

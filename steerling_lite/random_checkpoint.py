@@ -73,15 +73,19 @@ def preset_config(
     return cfg
 
 
-def random_tensor(name: str, shape: tuple[int, ...], cfg: SteerlingConfig, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+def random_tensor(
+    name: str, shape: tuple[int, ...], cfg: SteerlingConfig, gen: torch.Generator, dtype: torch.dtype,
+    embedding_std: float = 0.02,
+) -> torch.Tensor:
     """Initial value of one parameter as the reference initialises a fresh model: norms 1,
-    biases 0, weights N(0, 0.02) (output projections scaled by ``(2 n_layers)^-1/2``)."""
+    biases 0, weights N(0, 0.02) (output projections scaled by ``(2 n_layers)^-1/2``); the
+    token embedding (= tied LM head) N(0, ``embedding_std``)."""
     leaf = name.rsplit(".", 2)
     if name.endswith(".bias"):
         return torch.zeros(shape, dtype=dtype)
     if any(part in ("ln_1", "ln_2", "ln_f", "q_norm", "k_norm") for part in leaf):
         return torch.ones(shape, dtype=dtype)
-    std = 0.02
+    std = embedding_std if name.endswith("tok_emb.weight") else 0.02
     if name.endswith("c_proj.weight"):
         std *= (2 * cfg.n_layers) ** -0.5
     out = torch.empty(shape, dtype=torch.float32)
@@ -97,13 +101,15 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int | None = None,
     progress: bool = False,
+    embedding_std: float = 0.02,
 ) -> Path:
     """Write ``cfg`` with random weights to ``out_dir`` in the published format.
 
     ``config.json`` in ``cfg.schema``; ``model.safetensors``, or shards of at most
     ``max_shard_bytes`` plus ``model.safetensors.index.json``. The tied LM head is not
     stored. The directory is written under a temporary name and renamed into place,
-    so an interrupted write leaves nothing half-made.
+    so an interrupted write leaves nothing half-made. A larger ``embedding_std`` (e.g. 0.5)
+    makes the LM's distributions peaked instead of nearly flat, which tests of sampling need.
 
     Returns:
         ``out_dir``.
@@ -140,7 +146,7 @@ def write_random_checkpoint(
             shard_bytes = 0
 
         for param in iterator:
-            t = random_tensor(param, shapes[param], cfg, gen, dtype)
+            t = random_tensor(param, shapes[param], cfg, gen, dtype, embedding_std)
             nbytes = t.numel() * elem
             if max_shard_bytes is not None and shard_bytes and shard_bytes + nbytes > max_shard_bytes:
                 flush(False)

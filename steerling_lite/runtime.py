@@ -18,7 +18,7 @@ import torch
 from .checkpoint import Checkpoint, Progress, load_model, open_checkpoint
 from .config import SteerlingConfig
 from .generate import Generation, GenerationConfig, GenerationResult
-from .model import SteerlingModel
+from .model import SteerlingModel, param_part
 from .steering import SteeringPlan
 from .tokenizer import ChatMessage, SteerlingTokenizer, get_tokenizer
 
@@ -173,15 +173,7 @@ def parameter_breakdown(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     ``known head``, ``discovered head``; tied parameters are counted once."""
     parts: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
-        if name.startswith("known_head."):
-            part = "known head"
-        elif name.startswith("unknown_head."):
-            part = "discovered head"
-        elif name.endswith("tok_emb.weight") or name.endswith("lm_head.weight"):
-            part = "embedding / lm head"
-        else:
-            part = "transformer"
-        acc = parts.setdefault(part, [0, 0])
+        acc = parts.setdefault(param_part(name), [0, 0])
         acc[0] += p.numel()
         acc[1] += p.numel() * p.element_size()
     return {k: (v[0], v[1]) for k, v in parts.items()}

@@ -23,19 +23,20 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def make_ckpt(tmp_path_factory):
     """``make_ckpt(preset="tiny", seed=0, max_shard_bytes=None, dtype=bf16, instruct=False,
-    schema="flat", interpretable=True, **config_overrides) -> Path``, cached per argument set."""
+    schema="flat", interpretable=True, embedding_std=0.02, **config_overrides) -> Path``, cached
+    per argument set."""
     import torch
 
     def make(preset: str = "tiny", *, seed: int = 0, max_shard_bytes: int | None = None,
              dtype=torch.bfloat16, instruct: bool = False, schema: str = "flat",
-             interpretable: bool = True, **overrides) -> Path:
+             interpretable: bool = True, embedding_std: float = 0.02, **overrides) -> Path:
         key = json.dumps([preset, seed, max_shard_bytes, str(dtype), instruct, schema, interpretable,
-                          sorted(overrides.items())], default=str)
+                          embedding_std, sorted(overrides.items())], default=str)
         if key not in _CACHE:
             cfg = preset_config(preset, instruct=instruct, schema=schema, interpretable=interpretable, **overrides)
             out = tmp_path_factory.mktemp("ckpt")
             _CACHE[key] = write_random_checkpoint(out / "model", cfg, seed=seed, dtype=dtype,
-                                                  max_shard_bytes=max_shard_bytes)
+                                                  max_shard_bytes=max_shard_bytes, embedding_std=embedding_std)
         return _CACHE[key]
 
     return make

@@ -9,7 +9,8 @@ import time
 
 from ..errors import GenerationError
 from ..generate import GenerationConfig
-from .common import add_model_args, load_model
+from ..config import load_config
+from .common import add_model_args, load_model, model_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,13 +73,10 @@ def generation_config(args: argparse.Namespace, stop_tokens: tuple[int, ...] = (
     )
 
 
-def build_prompt(lm, args: argparse.Namespace):
-    """Token ids for the prompt options (chat template for instruct models unless ``--no-chat``)."""
+def build_prompt(lm, args: argparse.Namespace, text: str):
+    """Token ids for ``text`` (chat template for instruct models unless ``--no-chat``)."""
     from ..tokenizer import ChatMessage
 
-    text = prompt_text(args)
-    if not text.strip():
-        raise GenerationError("the prompt is empty: pass some text with --prompt")
     use_chat = lm.config.instruct if args.chat is None else args.chat
     if use_chat:
         msgs = ([ChatMessage("system", args.system)] if args.system else []) + [ChatMessage("user", text)]
@@ -88,9 +86,14 @@ def build_prompt(lm, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    lm = load_model(args, quiet=args.json)
-    ids = build_prompt(lm, args)
+    # fail fast, before loading weights: settings and prompt need only config.json
     config = generation_config(args)
+    config.validate(load_config(model_dir(args)).diff_block_size)
+    text = prompt_text(args)
+    if not text.strip():
+        raise GenerationError("the prompt is empty: pass some text with --prompt")
+    lm = load_model(args, quiet=args.json)
+    ids = build_prompt(lm, args, text)
     gen = lm.stream(ids, config)
     printed = ""
     for event in gen:

@@ -7,6 +7,7 @@ import json
 
 
 from ..checkpoint import open_checkpoint
+from ..model import param_part
 from .common import fmt_bytes, model_dir
 
 
@@ -15,16 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
-
-
-def part_of(name: str) -> str:
-    if name.startswith("known_head."):
-        return "known head"
-    if name.startswith("unknown_head."):
-        return "discovered head"
-    if name.endswith("tok_emb.weight") or name.endswith("lm_head.weight"):
-        return "embedding / lm head"
-    return "transformer"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
         n = 1
         for d in info.shape:
             n *= d
-        acc = parts.setdefault(part_of(name), {"params": 0, "bytes": 0})
+        acc = parts.setdefault(param_part(name), {"params": 0, "bytes": 0})
         acc["params"] += n
         acc["bytes"] += info.nbytes
     total_params = sum(p["params"] for p in parts.values())
