@@ -48,21 +48,44 @@ def confidence(logits: Tensor) -> Tensor:
     return torch.softmax(logits, dim=-1).amax(dim=-1)
 
 
+def sorted_prefix(probs: Tensor, top_p: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The head of each row of ``probs`` ``(N, V)`` sorted in descending order, long enough to
+    hold the whole top-p nucleus: ``(values, indices, cumulative)``, each ``(N, m)``.
+
+    Equal to the first m columns of ``torch.sort(probs, descending=True)`` and its cumsum (the
+    CPU cumsum is sequential), but with ``topk`` instead of a full sort of the vocabulary:
+    a peaked distribution needs a few hundred entries, not 100k. Grows m until every row's
+    cumulative mass passes ``top_p``; falls back to the full sort for flat distributions.
+    """
+    V = probs.shape[-1]
+    m = min(V, 256)
+    while top_p < 1.0 and 8 * m < V:
+        values, indices = probs.topk(m, dim=-1)
+        cumulative = torch.cumsum(values, dim=-1)
+        if bool((cumulative[:, -2] > top_p + 1e-6).all()):  # one host sync per step, not per token
+            return values, indices, cumulative
+        m *= 8
+    values, indices = torch.sort(probs, dim=-1, descending=True)
+    return values, indices, torch.cumsum(values, dim=-1)
+
+
 def sample_top_p(probs: Tensor, top_p: float, generator: torch.Generator | None) -> Tensor:
     """Nucleus sampling per row of ``probs`` ``(N, V)``: keep the smallest prefix of the sorted
-    distribution whose mass before each kept token is <= ``top_p`` (always the top token).
+    distribution whose mass before each kept token is <= ``top_p`` (always the top token), and
+    draw from it as ``torch.multinomial`` does (``argmax(p / q)``, ``q ~ Exp(1)`` drawn for all V
+    entries), so the random stream is the reference's even though only the nucleus is sorted.
 
     Returns:
         ``(N,)`` sampled token ids (long).
     """
-    sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
-    keep = (cumulative - sorted_probs) <= top_p
+    values, indices, cumulative = sorted_prefix(probs, top_p)
+    keep = (cumulative - values) <= top_p
     keep[:, 0] = True
-    filtered = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+    filtered = torch.where(keep, values, torch.zeros_like(values))
     filtered = filtered / filtered.sum(dim=-1, keepdim=True)
-    choice = torch.multinomial(filtered, 1, generator=generator)
-    return sorted_idx.gather(-1, choice).squeeze(-1)
+    q = torch.empty(probs.shape, dtype=probs.dtype, device=probs.device).exponential_(1, generator=generator)
+    choice = (filtered / q[:, : values.shape[1]]).argmax(dim=-1, keepdim=True)
+    return indices.gather(-1, choice).squeeze(-1)
 
 
 def entropy_temperature(logits: Tensor, top_p: float) -> Tensor:
@@ -73,8 +96,7 @@ def entropy_temperature(logits: Tensor, top_p: float) -> Tensor:
         ``(N,)`` float64 temperatures (the reference computes them as Python floats).
     """
     probs = torch.softmax(logits, dim=-1)
-    sorted_probs = torch.sort(probs, dim=-1, descending=True).values
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    _, _, cumulative = sorted_prefix(probs, top_p)
     k_eff = ((cumulative <= top_p).sum(dim=-1) + 1).clamp_min(2)
     entropy = -torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
     normalized = (entropy.double() / torch.log(k_eff.double())).clamp_max(1.0)
