@@ -79,6 +79,9 @@ class SteerlingTokenizer:
             mergeable_ranks=base._mergeable_ranks,
             special_tokens=specials,
         )
+        # ids with no text: cl100k has holes (100256, 100261-100275) that a model can still emit
+        self._n_ranks = len(base._mergeable_ranks)
+        self._special_values = frozenset(specials.values())
         # Steerling's own specials; these are dropped by decode(skip_special_tokens=True)
         self.special_ids: frozenset[int] = frozenset(
             i for i in (
@@ -96,15 +99,24 @@ class SteerlingTokenizer:
         """Token ids of ``text`` where special-token strings (``<|eot_id|>``...) become their ids."""
         return self._enc.encode(text, allowed_special="all")
 
+    def is_text_token(self, token_id: int) -> bool:
+        """True for ids that decode to something: the BPE ranks and the special tokens (not cl100k's
+        unused ids 100256 and 100261..100275, which a model can still emit)."""
+        return 0 <= token_id < self._n_ranks or token_id in self._special_values
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Text of ``ids``; Steerling's special tokens are dropped unless ``skip_special_tokens=False``."""
+        """Text of ``ids``; Steerling's special tokens are dropped unless ``skip_special_tokens=False``,
+        ids without text (see :meth:`is_text_token`) are always dropped."""
         ids = [int(i) for i in ids]
         if skip_special_tokens:
             ids = [i for i in ids if i not in self.special_ids]
-        return self._enc.decode(ids)
+        return self._enc.decode([i for i in ids if self.is_text_token(i)])
 
     def token_text(self, token_id: int) -> str:
-        """Display text of one token (special tokens by name, partial UTF-8 as replacement chars)."""
+        """Display text of one token (special tokens by name, partial UTF-8 and ids without text as
+        U+FFFD)."""
+        if not self.is_text_token(int(token_id)):
+            return "\ufffd"
         return self._enc.decode([int(token_id)])
 
     # ---- chat template (instruct) ------------------------------------------------------

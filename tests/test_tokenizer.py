@@ -49,3 +49,12 @@ def test_chat_template():
         SteerlingTokenizer(instruct=False).chat_prompt(msgs)
     with pytest.raises(ValueError, match="chat role 'robot'"):
         tok.chat_prompt([ChatMessage("robot", "x")])
+
+
+def test_ids_without_text_decode_to_nothing():
+    """cl100k leaves 100256 and 100261..100275 unused; a model can still sample them."""
+    tok = SteerlingTokenizer()
+    hello = tok.encode("hello")
+    assert tok.decode(hello + [100256, 100270] + hello) == "hellohello"
+    assert tok.token_text(100256) == "\ufffd" and not tok.is_text_token(100275)
+    assert tok.is_text_token(100257) and tok.is_text_token(100255) and tok.is_text_token(100280)

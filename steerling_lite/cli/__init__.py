@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
 
 from ..errors import SteerlingError
 from . import generate, info
+from . import concepts, explain, steer
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
 COMMAND_MODULES = [generate, info]
+COMMAND_MODULES += [explain, steer, concepts]
+from . import plan, quantize  # noqa: E402  (issue 3: memory plan, pre-quantized checkpoints)
+
+COMMAND_MODULES += [plan, quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    # Subcommands of packages built on this one (the terminal app) come in as plugins, so
+    # steerling_lite never imports them: entry point group "steerling_lite.commands",
+    # each a register(subparsers) function.
+    for ep in entry_points(group="steerling_lite.commands"):
+        ep.load()(sub)
     return parser
 
 

@@ -1,0 +1,138 @@
+"""The Textual app: ``steerling-lite tui`` / ``python -m tui``.
+
+Screens: :class:`LoadScreen` (pick and load a checkpoint), :class:`ChatScreen` (the main
+screen), and the modal help, history, compare and export screens. Everything the app
+asks of the runtime goes through :mod:`tui.backend`; sessions go to :mod:`tui.store`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from . import backend
+from .backend import Catalog, StatusSource
+from .screens import ChatScreen, HelpScreen, LoadScreen
+from .store import Store, StoreError
+
+
+class SteerlingApp(App):
+    """Chat-like generation with live concept steering and attribution.
+
+    Args:
+        model: checkpoint directory to load at start (None: show the load screen).
+        device, quant: initial load options.
+        status_source: ``(lm, tokens_per_s) -> Status`` for the status bar (tests pass a
+            fixed one so screenshots do not vary); default :func:`backend.read_status`.
+        store_path: sessions database (default: ``sessions.sqlite3`` in the data dir).
+    """
+
+    CSS_PATH = "steerling.tcss"
+    TITLE = "steerling-lite"
+    BINDINGS = [Binding("f1", "help", "Help", show=False)]
+
+    def __init__(self, model: str | Path | None = None, *, device: str = "auto", quant: str = "auto",
+                 status_source: StatusSource | None = None, store_path: str | Path | None = None) -> None:
+        super().__init__()
+        self.initial_model = str(model) if model is not None else ""
+        self.device = device
+        self.quant = quant
+        self.status_source: StatusSource = status_source or backend.read_status
+        self.store_path = store_path
+        self.store: Store | None = None
+        self.lm = None
+        self.load_request: backend.LoadRequest | None = None
+        self.model_info: backend.ModelInfo | None = None
+        self.catalog: Catalog = Catalog(None)
+        self.steerer: backend.Steerer | None = None
+        self.chat: ChatScreen | None = None
+
+    def on_mount(self) -> None:
+        try:
+            self.store = Store(self.store_path)
+        except StoreError as exc:
+            self.store = None
+            self.notify(f"{exc}; sessions will not be saved", severity="error", timeout=10)
+        self.chat = ChatScreen()
+        self.push_screen(self.chat)
+        self.open_model(self.initial_model, autoload=bool(self.initial_model))
+
+    def on_unmount(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # ---- model -------------------------------------------------------------------------
+    def open_model(self, path: str = "", autoload: bool = False) -> None:
+        recent = self.store.recent_models() if self.store is not None else []
+        if not path and self.load_request is not None:
+            path = self.load_request.path
+        elif not path and recent:
+            path = recent[0]
+        self.push_screen(LoadScreen(path, autoload=autoload, recent=recent, device=self.device, quant=self.quant),
+                         self._model_loaded)
+
+    def action_open_model(self) -> None:
+        if isinstance(self.screen, LoadScreen):
+            return
+        if self.chat is not None and self.chat.generation is not None:
+            self.chat.show_error("a generation is running: esc stops it first")
+            return
+        self.open_model()
+
+    def _model_loaded(self, result) -> None:
+        if not result:
+            return
+        request, lm = result
+        self.lm = lm
+        self.load_request = request
+        self.device, self.quant = request.device, request.quant
+        self.model_info = backend.model_info(lm)
+        self.catalog = Catalog(lm)
+        self.steerer = backend.Steerer(lm)
+        if self.catalog.warning:
+            self.notify(self.catalog.warning, severity="warning", timeout=8)
+        if self.store is not None:
+            try:
+                self.store.remember_model(str(Path(request.path).expanduser()))
+            except Exception as exc:
+                self.notify(f"could not remember the model: {exc}", severity="warning")
+        if self.chat is not None:
+            self.chat.model_changed()
+
+    # ---- help / palette ------------------------------------------------------------------
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Help", "Key bindings and how the panels work (f1)", self.action_help)
+        if isinstance(screen, ChatScreen):
+            chat = screen
+            yield SystemCommand("Open model", "Load another checkpoint (ctrl+o)", self.action_open_model)
+            yield SystemCommand("New session", "Start an empty session (ctrl+n)", chat.action_new_session)
+            yield SystemCommand("History", "Reopen a saved session (ctrl+r)", chat.action_history)
+            yield SystemCommand("Export session", "Markdown or JSON (ctrl+s)", chat.action_export)
+            yield SystemCommand("Stop generation", "Keep what is written (esc)", chat.action_stop)
+            yield SystemCommand("Compare steered / unsteered",
+                                "Regenerate the last answer unsteered, same seed (ctrl+t)", chat.action_compare)
+            yield SystemCommand("Select answer tokens", "Focus the last answer's tokens for attribution (ctrl+g)",
+                                chat.action_select_tokens)
+            yield SystemCommand("Steering panel", "Search concepts and steer (f3)",
+                                lambda: chat.action_tab("tab-steer"))
+            yield SystemCommand("Settings panel", "Sampling settings (f2)", lambda: chat.action_tab("tab-settings"))
+            yield SystemCommand("Attribution panel", "Concepts behind the selected tokens (f4)",
+                                lambda: chat.action_tab("tab-attr"))
+            yield SystemCommand("Clear steering", "Remove every steered concept",
+                                lambda: chat.query_one("#steering").clear())
+            yield SystemCommand("Toggle side panel", "Show / hide settings, steering, attribution (ctrl+b)",
+                                chat.action_toggle_panel)
+
+    async def action_quit(self) -> None:
+        if self.chat is not None and self.chat.generation is not None:
+            self.chat.generation.cancel()
+        await super().action_quit()

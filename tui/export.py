@@ -1,0 +1,146 @@
+"""Export a session to Markdown or JSON, written atomically (temp file in the same folder, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .store import Session
+
+EXPORT_FORMATS = ("markdown", "json")
+
+
+def session_to_dict(session: Session) -> dict[str, Any]:
+    """A JSON-able dict of the whole session: settings, steering, turns, attributions."""
+    return {
+        "format": "steerling-lite.session/1",
+        "id": session.id,
+        "title": session.title,
+        "model": session.model,
+        "system": session.system,
+        "settings": session.settings,
+        "steering": session.steering,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "turns": [
+            {
+                "prompt": t.prompt,
+                "output": t.output,
+                "prompt_ids": t.prompt_ids,
+                "token_ids": t.token_ids,
+                "settings": t.settings,
+                "steering": t.steering,
+                "seed": t.seed,
+                "stop_reason": t.stop_reason,
+                "tokens_per_s": t.tokens_per_s,
+                "unsteered": t.unsteered,
+                "attributions": [{"start": a.start, "end": a.end, **a.data} for a in t.attributions],
+            }
+            for t in session.turns
+        ],
+    }
+
+
+def session_to_json(session: Session) -> str:
+    return json.dumps(session_to_dict(session), indent=2, ensure_ascii=False) + "\n"
+
+
+def _fence(text: str) -> str:
+    """A fenced block that no backtick run inside ``text`` can close."""
+    longest = max((len(run) for run in text.split("\n") for run in _backtick_runs(run)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _backtick_runs(line: str) -> list[str]:
+    runs, cur = [], ""
+    for ch in line:
+        if ch == "`":
+            cur += ch
+        elif cur:
+            runs.append(cur)
+            cur = ""
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+def _steering_line(steering: list[dict[str, Any]]) -> str:
+    on = [s for s in steering if s.get("enabled", True)]
+    if not on:
+        return "none"
+    return ", ".join(f"{s.get('label', s.get('concept_id'))} {float(s.get('strength', 0)):+g}" for s in on)
+
+
+def session_to_markdown(session: Session) -> str:
+    """The session as Markdown: a heading, settings, then each prompt and output (fenced, verbatim)."""
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(session.created_at)) if session.created_at else ""
+    out = [f"# {session.title}", "", f"- model: `{session.model}`"]
+    if created:
+        out.append(f"- created: {created}")
+    settings = ", ".join(f"{k} {v}" for k, v in session.settings.items() if v is not None)
+    if settings:
+        out.append(f"- settings: {settings}")
+    out.append(f"- steering: {_steering_line(session.steering)}")
+    if session.system:
+        out += ["", "## System", "", _fence(session.system)]
+    for i, t in enumerate(session.turns, 1):
+        out += ["", f"## Turn {i}", "", "**Prompt**", "", _fence(t.prompt), "", "**Output**", "", _fence(t.output)]
+        meta = [f"seed {t.seed}" if t.seed is not None else "", f"stop: {t.stop_reason}" if t.stop_reason else "",
+                f"steering: {_steering_line(t.steering)}"]
+        out += ["", "_" + "; ".join(m for m in meta if m) + "_"]
+        if t.unsteered is not None:
+            out += ["", "**Unsteered (same seed)**", "", _fence(t.unsteered)]
+        for a in t.attributions:
+            out += ["", f"**Attribution of tokens {a.start}..{a.end - 1}**"
+                    + (f" (`{a.data['text']}`)" if a.data.get("text") else ""), ""]
+            for kind in ("known", "discovered"):
+                rows = a.data.get(kind) or []
+                if rows:
+                    out.append(f"- {kind}: " + ", ".join(f"{r['label']} {float(r['share']):.1%}" for r in rows))
+            if a.data.get("epsilon") is not None:
+                out.append(f"- epsilon: {float(a.data['epsilon']):.1%}")
+            if a.data.get("inputs"):
+                top = sorted(a.data["inputs"], key=lambda r: -abs(float(r["score"])))[:8]
+                out.append("- input tokens: " + ", ".join(f"`{r['text']!s}` {float(r['score']):+.2f}" for r in top))
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    Raises:
+        OSError: the folder cannot be created or written.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def export_session(session: Session, path: str | Path, fmt: str) -> Path:
+    """Write ``session`` to ``path`` as ``markdown`` or ``json``; returns the path written.
+
+    Raises:
+        ValueError: unknown format; OSError: the file cannot be written.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"export format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+    text = session_to_markdown(session) if fmt == "markdown" else session_to_json(session)
+    return write_atomic(path, text)

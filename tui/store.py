@@ -1,0 +1,382 @@
+"""Sessions on disk: a SQLite database in the user data dir, versioned with a migrations table.
+
+One database file, ``sessions.sqlite3`` in :func:`steerling_lite.default_model.data_dir`
+(``$STEERLING_LITE_HOME`` if set). Every write runs in one explicit transaction
+(``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error), and the app only says
+"saved" after the commit returned, so a crash never loses what was shown as saved.
+The journal is WAL, so a reader never sees half a write.
+
+Schema (version 1):
+
+- ``sessions``: title, model directory, system prompt, sampling settings (JSON),
+  steering concepts (JSON), created / updated (Unix seconds);
+- ``turns``: one prompt and its output per row, in ``position`` order, with the
+  token ids, the settings and steering used, seed, stop reason, tokens/s and the
+  unsteered output of a "Compare";
+- ``attributions``: concept / input attributions computed for a span of a turn's
+  output (``start``..``end`` token indices, end exclusive), as JSON;
+- ``recent_models``: model directories opened, most recent first;
+- ``schema_migrations``: the versions applied.
+
+A newer app adds a migration to :data:`MIGRATIONS`; an older app refuses a database
+whose version it does not know (:class:`StoreError`), instead of corrupting it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steerling_lite.default_model import data_dir
+
+DB_NAME = "sessions.sqlite3"
+
+# Each entry upgrades the schema by one version; statements run in one transaction.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,
+            title TEXT NOT NULL,
+            model TEXT NOT NULL,
+            system TEXT NOT NULL DEFAULT '',
+            settings TEXT NOT NULL DEFAULT '{}',
+            steering TEXT NOT NULL DEFAULT '[]',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE TABLE turns (
+            id INTEGER PRIMARY KEY,
+            session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            prompt TEXT NOT NULL,
+            output TEXT NOT NULL,
+            prompt_ids TEXT NOT NULL DEFAULT '[]',
+            token_ids TEXT NOT NULL DEFAULT '[]',
+            settings TEXT NOT NULL DEFAULT '{}',
+            steering TEXT NOT NULL DEFAULT '[]',
+            seed INTEGER,
+            stop_reason TEXT NOT NULL DEFAULT '',
+            tokens_per_s REAL,
+            unsteered TEXT,
+            created_at REAL NOT NULL,
+            UNIQUE (session_id, position)
+        )""",
+        """CREATE TABLE attributions (
+            id INTEGER PRIMARY KEY,
+            turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+            start INTEGER NOT NULL,
+            end INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE TABLE recent_models (path TEXT PRIMARY KEY, used_at REAL NOT NULL)",
+        "CREATE INDEX turns_by_session ON turns (session_id, position)",
+        "CREATE INDEX attributions_by_turn ON attributions (turn_id)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The sessions database cannot be opened or used (names the file and what is wrong)."""
+
+
+@dataclass
+class Attribution:
+    """An attribution computed for tokens ``start``..``end`` (exclusive) of a turn's output."""
+
+    start: int
+    end: int
+    data: dict[str, Any]
+    id: int | None = None
+
+
+@dataclass
+class Turn:
+    """One prompt and the model's output.
+
+    Attributes:
+        prompt: the user's text (for instruct models the user turn; the chat history
+            before it is the session's earlier turns).
+        output: the generated text.
+        prompt_ids: the token ids the model saw (chat template included).
+        token_ids: the generated token ids (what ``GenerationResult.token_ids`` holds).
+        settings: sampling settings used (JSON-able dict).
+        steering: steering concepts used (list of JSON-able dicts).
+        seed, stop_reason, tokens_per_s: from the generation result.
+        unsteered: the unsteered output for the same seed, once compared.
+        attributions: attributions computed for spans of the output.
+    """
+
+    prompt: str
+    output: str
+    prompt_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    steering: list[dict[str, Any]] = field(default_factory=list)
+    seed: int | None = None
+    stop_reason: str = ""
+    tokens_per_s: float | None = None
+    unsteered: str | None = None
+    attributions: list[Attribution] = field(default_factory=list)
+    id: int | None = None
+    created_at: float = 0.0
+
+
+@dataclass
+class Session:
+    """A saved conversation and the settings it was made with."""
+
+    title: str
+    model: str
+    system: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    steering: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    id: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """A row of the history list."""
+
+    id: int
+    title: str
+    model: str
+    turns: int
+    updated_at: float
+
+
+def default_path() -> Path:
+    """``<data dir>/sessions.sqlite3``."""
+    return data_dir() / DB_NAME
+
+
+class Store:
+    """The sessions database. Use from one thread (the app's); every write is one transaction.
+
+    Raises:
+        StoreError: the file is not a SQLite database, or was written by a newer version.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: no implicit transactions; we issue BEGIN / COMMIT ourselves.
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path}: cannot open the sessions database ({exc}); move the file away to start afresh"
+            ) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- plumbing ---------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls the whole write back."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    def _migrate(self) -> None:
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {current} is newer than this app knows ({SCHEMA_VERSION}); "
+                "upgrade steerling-lite"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.transaction() as c:
+                for stmt in MIGRATIONS[version - 1]:
+                    c.execute(stmt)
+                c.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
+
+    # ---- sessions ----------------------------------------------------------------------
+    def save_session(self, session: Session) -> int:
+        """Insert or update ``session``'s own fields (not its turns); sets and returns ``session.id``."""
+        now = time.time()
+        with self.transaction() as c:
+            if session.id is None:
+                session.created_at = session.created_at or now
+                cur = c.execute(
+                    "INSERT INTO sessions (title, model, system, settings, steering, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (session.title, session.model, session.system, _dump(session.settings),
+                     _dump(session.steering), session.created_at, now),
+                )
+                session.id = int(cur.lastrowid)
+            else:
+                cur = c.execute(
+                    "UPDATE sessions SET title=?, model=?, system=?, settings=?, steering=?, updated_at=? WHERE id=?",
+                    (session.title, session.model, session.system, _dump(session.settings),
+                     _dump(session.steering), now, session.id),
+                )
+                if cur.rowcount != 1:
+                    raise StoreError(f"{self.path}: session {session.id} no longer exists")
+        session.updated_at = now
+        return session.id
+
+    def add_turn(self, session: Session, turn: Turn) -> int:
+        """Append ``turn`` to ``session`` (saving the session first if new), in one transaction
+        with the session's settings and steering; sets and returns ``turn.id``."""
+        now = time.time()
+        turn.created_at = turn.created_at or now
+        with self.transaction() as c:
+            if session.id is None:
+                session.created_at = session.created_at or now
+                cur = c.execute(
+                    "INSERT INTO sessions (title, model, system, settings, steering, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (session.title, session.model, session.system, _dump(session.settings),
+                     _dump(session.steering), session.created_at, now),
+                )
+                session.id = int(cur.lastrowid)
+            else:
+                c.execute(
+                    "UPDATE sessions SET title=?, system=?, settings=?, steering=?, updated_at=? WHERE id=?",
+                    (session.title, session.system, _dump(session.settings), _dump(session.steering), now, session.id),
+                )
+            position = c.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id=?", (session.id,)
+            ).fetchone()[0]
+            cur = c.execute(
+                "INSERT INTO turns (session_id, position, prompt, output, prompt_ids, token_ids, settings, steering, "
+                "seed, stop_reason, tokens_per_s, unsteered, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session.id, position, turn.prompt, turn.output, _dump(turn.prompt_ids), _dump(turn.token_ids),
+                 _dump(turn.settings), _dump(turn.steering), turn.seed, turn.stop_reason, turn.tokens_per_s,
+                 turn.unsteered, turn.created_at),
+            )
+            turn.id = int(cur.lastrowid)
+            for a in turn.attributions:
+                a.id = self._insert_attribution(c, turn.id, a, now)
+        session.updated_at = now
+        if turn not in session.turns:
+            session.turns.append(turn)
+        return turn.id
+
+    def set_unsteered(self, turn: Turn, text: str) -> None:
+        """Record the unsteered output of a turn (from "Compare")."""
+        with self.transaction() as c:
+            c.execute("UPDATE turns SET unsteered=? WHERE id=?", (text, turn.id))
+        turn.unsteered = text
+
+    def add_attribution(self, turn: Turn, attribution: Attribution) -> int:
+        """Save an attribution of ``turn`` (which must be saved); sets and returns its id."""
+        if turn.id is None:
+            raise StoreError("save the turn before its attributions")
+        with self.transaction() as c:
+            attribution.id = self._insert_attribution(c, turn.id, attribution, time.time())
+        turn.attributions.append(attribution)
+        return attribution.id
+
+    def update_attribution(self, attribution: Attribution) -> None:
+        """Rewrite a saved attribution's data (e.g. input tokens added to it)."""
+        with self.transaction() as c:
+            c.execute("UPDATE attributions SET data=? WHERE id=?", (_dump(attribution.data), attribution.id))
+
+    @staticmethod
+    def _insert_attribution(c: sqlite3.Connection, turn_id: int, a: Attribution, now: float) -> int:
+        cur = c.execute(
+            "INSERT INTO attributions (turn_id, start, end, data, created_at) VALUES (?, ?, ?, ?, ?)",
+            (turn_id, a.start, a.end, _dump(a.data), now),
+        )
+        return int(cur.lastrowid)
+
+    def list_sessions(self, limit: int = 200) -> list[SessionSummary]:
+        """Sessions, most recently updated first."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.title, s.model, s.updated_at, COUNT(t.id) AS n FROM sessions s "
+            "LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC, s.id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [SessionSummary(r["id"], r["title"], r["model"], r["n"], r["updated_at"]) for r in rows]
+
+    def load_session(self, session_id: int) -> Session:
+        """The session with its turns and their attributions.
+
+        Raises:
+            StoreError: no session has this id.
+        """
+        r = self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
+        if r is None:
+            raise StoreError(f"{self.path}: no session {session_id}")
+        session = Session(
+            title=r["title"], model=r["model"], system=r["system"], settings=_load(r["settings"], {}),
+            steering=_load(r["steering"], []), id=r["id"], created_at=r["created_at"], updated_at=r["updated_at"],
+        )
+        turns = self.conn.execute("SELECT * FROM turns WHERE session_id=? ORDER BY position", (session_id,)).fetchall()
+        for t in turns:
+            turn = Turn(
+                prompt=t["prompt"], output=t["output"], prompt_ids=_load(t["prompt_ids"], []),
+                token_ids=_load(t["token_ids"], []), settings=_load(t["settings"], {}),
+                steering=_load(t["steering"], []),
+                seed=t["seed"], stop_reason=t["stop_reason"], tokens_per_s=t["tokens_per_s"], unsteered=t["unsteered"],
+                id=t["id"], created_at=t["created_at"],
+            )
+            for a in self.conn.execute("SELECT * FROM attributions WHERE turn_id=? ORDER BY id", (t["id"],)):
+                turn.attributions.append(Attribution(a["start"], a["end"], _load(a["data"], {}), a["id"]))
+            session.turns.append(turn)
+        return session
+
+    def delete_session(self, session_id: int) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+
+    # ---- recent models -----------------------------------------------------------------
+    def remember_model(self, path: str, keep: int = 10) -> None:
+        """Put ``path`` first in the recent models, keeping the ``keep`` most recent."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO recent_models (path, used_at) VALUES (?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET used_at=excluded.used_at",
+                (path, time.time()),
+            )
+            c.execute(
+                "DELETE FROM recent_models WHERE path NOT IN "
+                "(SELECT path FROM recent_models ORDER BY used_at DESC LIMIT ?)", (keep,),
+            )
+
+    def recent_models(self) -> list[str]:
+        """Model directories opened, most recent first."""
+        return [r[0] for r in self.conn.execute("SELECT path FROM recent_models ORDER BY used_at DESC")]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _load(text: str | None, default: Any) -> Any:
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return default

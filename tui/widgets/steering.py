@@ -1,0 +1,230 @@
+"""The steering panel: search the concept catalog, steer several concepts, each with a strength and an on/off switch.
+
+A change posts :class:`SteeringPanel.Changed`; the chat screen turns it into a
+steering plan and hands it to a running generation, which uses it from its next
+denoising step.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import events, on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from ..backend import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN, BackendError, Catalog, Concept, ConceptSpec
+
+
+class ConceptRow(Widget, can_focus=True):
+    """One steered concept on two lines: ``[x] label`` and a strength bar from suppress to amplify.
+
+    Keys: left / right change the strength by 1 (shift: by 5), space toggles, delete removes.
+    """
+
+    BINDINGS = [
+        Binding("left", "nudge(-1)", "Weaker", show=False),
+        Binding("right", "nudge(1)", "Stronger", show=False),
+        Binding("shift+left", "nudge(-5)", "Weaker ×5", show=False),
+        Binding("shift+right", "nudge(5)", "Stronger ×5", show=False),
+        Binding("space", "toggle", "On/off"),
+        Binding("delete,backspace", "remove", "Remove"),
+    ]
+
+    strength: reactive[float] = reactive(DEFAULT_STRENGTH, init=False)
+    enabled: reactive[bool] = reactive(True, init=False)
+
+    class Changed(Message):
+        def __init__(self, row: ConceptRow) -> None:
+            super().__init__()
+            self.row = row
+
+    class Removed(Message):
+        def __init__(self, row: ConceptRow) -> None:
+            super().__init__()
+            self.row = row
+
+    def __init__(self, spec: ConceptSpec, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.concept_id = spec.concept_id
+        self.label = spec.label
+        self.set_reactive(ConceptRow.strength, spec.strength)
+        self.set_reactive(ConceptRow.enabled, spec.enabled)
+
+    @property
+    def spec(self) -> ConceptSpec:
+        return ConceptSpec(self.concept_id, self.label, float(self.strength), bool(self.enabled))
+
+    def watch_strength(self) -> None:
+        self.post_message(self.Changed(self))
+
+    def watch_enabled(self) -> None:
+        self.set_class(not self.enabled, "-off")
+        self.post_message(self.Changed(self))
+
+    def action_nudge(self, delta: int) -> None:
+        self.strength = float(max(STRENGTH_MIN, min(STRENGTH_MAX, self.strength + delta)))
+
+    def action_toggle(self) -> None:
+        self.enabled = not self.enabled
+
+    def action_remove(self) -> None:
+        self.post_message(self.Removed(self))
+
+    def _bar_width(self) -> int:
+        return max(5, self.size.width - 6)
+
+    def on_click(self, event: events.Click) -> None:
+        self.focus()
+        if event.y == 0 and event.x <= 3:
+            self.action_toggle()
+        elif event.y == 1:
+            w = self._bar_width()
+            x = max(0, min(w - 1, event.x))
+            frac = x / (w - 1)
+            self.strength = float(round(STRENGTH_MIN + frac * (STRENGTH_MAX - STRENGTH_MIN)))
+
+    def render(self) -> Text:
+        box = "[x]" if self.enabled else "[ ]"
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(box + " ", "bold" if self.enabled else "dim")
+        text.append(self.label, "" if self.enabled else "dim")
+        text.append("\n")
+        w = self._bar_width()
+        pos = round((self.strength - STRENGTH_MIN) / (STRENGTH_MAX - STRENGTH_MIN) * (w - 1))
+        mid = (w - 1) // 2
+        color = "green" if self.strength > 0 else ("red" if self.strength < 0 else "")
+        if not self.enabled:
+            color = "dim"
+        for i in range(w):
+            if i == pos:
+                text.append("●", f"bold {color}")
+            elif i == mid:
+                text.append("┼", "dim")
+            elif min(pos, mid) < i < max(pos, mid):
+                text.append("━", color)
+            else:
+                text.append("─", "dim")
+        text.append(f" {self.strength:+3.0f}", color)
+        return text
+
+
+class SteeringPanel(Vertical):
+    """Concept search, the steered concepts and the Compare / Clear buttons."""
+
+    class Changed(Message):
+        """The steering changed (a concept added, removed, toggled or re-weighted)."""
+
+        def __init__(self, specs: list[ConceptSpec]) -> None:
+            super().__init__()
+            self.specs = specs
+
+    class CompareRequest(Message):
+        pass
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.catalog: Catalog = Catalog(None)
+
+    def compose(self) -> ComposeResult:
+        yield Input(placeholder="search concepts (name, words, #id)", id="concept-search", compact=True)
+        yield OptionList(id="concept-results")
+        yield Static("", id="steer-error", classes="error")
+        yield VerticalScroll(id="concept-rows")
+        with Horizontal(classes="buttons"):
+            yield Button("Compare", id="steer-compare", compact=True, tooltip="regenerate the last answer unsteered")
+            yield Button("Clear", id="steer-clear", compact=True)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.query_one("#concept-results", OptionList).clear_options()
+
+    @property
+    def specs(self) -> list[ConceptSpec]:
+        return [row.spec for row in self.query(ConceptRow)]
+
+    def show_error(self, message: str) -> None:
+        self.query_one("#steer-error", Static).update(Text(message))
+
+    @on(Input.Changed, "#concept-search")
+    def _search(self, event: Input.Changed) -> None:
+        results = self.query_one("#concept-results", OptionList)
+        results.clear_options()
+        self.show_error("")
+        for c in self.catalog.search(event.value, limit=20):
+            results.add_option(Option(_option_text(c), id=f"c{c.concept_id}"))
+        results.display = results.option_count > 0
+
+    @on(Input.Submitted, "#concept-search")
+    def _submit(self, event: Input.Submitted) -> None:
+        try:
+            concept = self.catalog.resolve(event.value)
+        except BackendError as exc:
+            self.show_error(str(exc))
+            return
+        self.add_concept(concept)
+
+    @on(OptionList.OptionSelected, "#concept-results")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        cid = int(str(event.option.id)[1:])
+        self.add_concept(self.catalog.get(cid))
+
+    def add_concept(self, concept: Concept, strength: float = DEFAULT_STRENGTH) -> ConceptRow:
+        """Steer ``concept`` (focus its row if it is already steered)."""
+        self.show_error("")
+        for row in self.query(ConceptRow):
+            if row.concept_id == concept.concept_id:
+                row.focus()
+                return row
+        row = ConceptRow(ConceptSpec(concept.concept_id, concept.label, strength, True))
+        self.query_one("#concept-rows", VerticalScroll).mount(row)
+        search = self.query_one("#concept-search", Input)
+        search.value = ""
+        row.focus()
+        self._changed()
+        return row
+
+    def set_specs(self, specs: list[ConceptSpec]) -> None:
+        """Replace the steered concepts (reopening a session)."""
+        rows = self.query_one("#concept-rows", VerticalScroll)
+        rows.remove_children()
+        rows.mount_all([ConceptRow(s) for s in specs])
+        self._changed()
+
+    def clear(self) -> None:
+        self.set_specs([])
+
+    def _changed(self) -> None:
+        self.post_message(self.Changed(self.specs))
+
+    @on(ConceptRow.Changed)
+    def _row_changed(self, event: ConceptRow.Changed) -> None:
+        event.stop()
+        self._changed()
+
+    @on(ConceptRow.Removed)
+    async def _row_removed(self, event: ConceptRow.Removed) -> None:
+        event.stop()
+        await event.row.remove()
+        self._changed()
+
+    @on(Button.Pressed, "#steer-clear")
+    def _clear(self) -> None:
+        self.clear()
+
+    @on(Button.Pressed, "#steer-compare")
+    def _compare(self) -> None:
+        self.post_message(self.CompareRequest())
+
+
+def _option_text(c: Concept) -> Text:
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(c.label)
+    if c.description:
+        t.append(f"  {c.description}", "dim")
+    return t
