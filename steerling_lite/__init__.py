@@ -7,10 +7,30 @@ from .runtime import Steerling
 from .steering import SteeringPlan
 from .tokenizer import ChatMessage, SteerlingTokenizer
 
+# attribution, steering, concepts, embeddings (issue 4)
+from .attribution import (
+    AttributionRecorder, ConceptAttribution, ConceptContribution, ExplainedStep, ExplainedStream,
+    TokenAttribution, VerificationResult, explain, explain_stream,
+)
+from .chunks import ChunkAttribution, ChunkConcept, find_chunks
+from .concepts import Concept, ConceptCatalog, ConceptError, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
+from .embeddings import embed, embed_all
+from .input_attribution import InputAttribution, InputScore, input_attribution
+from .steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
+from .trace import GenerationTrace, StepTrace
+
 __version__ = "0.1.0"
 
 __all__ = [
     "Steerling", "GenerationConfig", "GenerationResult", "Generation", "StepEvent",
     "SteeringPlan", "SteerlingConfig", "ConceptConfig", "load_config", "ChatMessage",
     "SteerlingTokenizer", "SteerlingError", "ConfigError", "CheckpointError", "GenerationError",
+]
+__all__ += [
+    "explain", "explain_stream", "ExplainedStream", "ExplainedStep", "AttributionRecorder", "ConceptAttribution",
+    "TokenAttribution", "ConceptContribution", "VerificationResult", "ChunkAttribution", "ChunkConcept",
+    "find_chunks", "input_attribution", "InputAttribution", "InputScore", "GenerationTrace", "StepTrace",
+    "Concept", "ConceptCatalog", "ConceptError", "ConceptScore", "TokenScore", "concept_top_tokens",
+    "concepts_for_token", "embed", "embed_all", "Steering", "SteeringBuilder", "build_steering", "amplify",
+    "suppress", "InjectionTerm",
 ]

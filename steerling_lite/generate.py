@@ -120,6 +120,8 @@ class StepEvent:
         hidden: ``(len(positions), D)`` final hidden states of the committed positions from
             this step's forward pass (steering included), when ``capture_hidden`` was asked for.
         logits: ``(len(positions),)`` fp32 LM logit of each committed token in that pass.
+        steering: the steering plan this step ran with (None: unsteered); with live steering
+            (:meth:`Generation.set_steering`) it tells which plan produced these tokens.
     """
 
     step: int
@@ -130,6 +132,7 @@ class StepEvent:
     block_tokens: list[int]
     hidden: Tensor | None = None
     logits: Tensor | None = None
+    steering: SteeringPlan | None = None
 
 
 @dataclass
@@ -254,7 +257,7 @@ class Generation:
     @torch.inference_mode()
     def _run(self) -> Iterator[StepEvent]:
         model, cfg, gc, tok = self.model, self.model.cfg, self.config, self.tokenizer
-        device = model.lm_head_weight.device
+        device = model.input_device
         dtype = model.transformer.tok_emb.weight.dtype
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             dtype = torch.bfloat16
@@ -321,15 +324,11 @@ class Generation:
                         hidden.reshape(-1, hidden.shape[-1]), model.known_head, model.unknown_head,
                         cfg.concept.use_epsilon_correction, known_override=known,
                     ).composed.reshape(hidden.shape)
-                    logits = model.lm_logits(composed)
                 else:
-                    logits = model.lm_logits(hidden)
-                if cfg_on:
-                    cond, uncond = logits[0], logits[1]
-                    logits = (uncond + (gc.cfg_scale + 1) * (cond - uncond)).unsqueeze(0)
-                raw = logits[0].float()
-                proc = process_logits(
-                    raw.clone() if self.capture_hidden else raw, seen_ids, gc.repetition_penalty, banned,
+                    composed = hidden
+                logits = _guided(model.lm_logits(composed), gc.cfg_scale)
+                proc = process_logits(  # in place: logits is not used after this
+                    logits[0].float(), seen_ids, gc.repetition_penalty, banned,
                     plan.logit_offset if plan is not None else None,
                 )
                 conf = confidence(proc)
@@ -371,12 +370,15 @@ class Generation:
                 masked = [p for p in masked if p not in picked]
                 event = StepEvent(
                     step=step, block=b, block_start=gs, positions=positions, tokens=tokens,
-                    block_tokens=seq[gs:ge],
+                    block_tokens=seq[gs:ge], steering=plan,
                 )
                 if self.capture_hidden:
                     rows_sel = sel[:n]
                     event.hidden = hidden[0, rows_sel]
-                    event.logits = raw[rows_sel, torch.tensor(tokens, device=device)]
+                    # the raw logits of the committed tokens, recomputed for these n rows only
+                    # (the step's logits were processed in place)
+                    raw = _guided(model.lm_logits(composed[:, rows_sel]), gc.cfg_scale)[0].float()
+                    event.logits = raw.gather(-1, new_tokens[:n, None]).squeeze(-1)
                 step += 1
                 yield event
                 if eot_at is not None:
@@ -394,6 +396,15 @@ class Generation:
             commit_step=commit_step, stop_reason=stop_reason, steps=step, seed=self.seed,
             elapsed_s=elapsed, first_commit_s=first_commit if first_commit is not None else elapsed,
         )
+
+
+def _guided(logits: Tensor, cfg_scale: float) -> Tensor:
+    """``(B, R, V)`` logits of the step; with classifier-free guidance (batch 2: conditional,
+    unconditional) ``u + (s + 1)(c - u)`` as ``(1, R, V)`` (reference ``generate_full``)."""
+    if cfg_scale <= 0.0:
+        return logits
+    cond, uncond = logits[0], logits[1]
+    return (uncond + (cfg_scale + 1) * (cond - uncond)).unsqueeze(0)
 
 
 def _same(a: Tensor | None, b: Tensor | None) -> bool:

@@ -16,17 +16,35 @@ The reference's recipes (``steerling==0.2.0`` ``SteeringConfig`` and
 A :class:`SteeringPlan` may hold several injection terms, each with its own strength
 and schedule; their scaled directions add up. A plan is immutable; a running
 :class:`~steerling_lite.generate.Generation` takes a new one between steps.
+
+For sliders, describe each concept as a :class:`Steering` (id, mode, strength, on/off)
+and let a :class:`SteeringBuilder` turn the list into a plan; it caches the per-concept
+directions and ReLU masks, so rebuilding on every slider change costs microseconds
+after the first use of a concept. All terms of one plan inject from the same layer.
 """
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from .concepts import ConceptError, as_concept_id
+
 Schedule = Literal["fixed", "hard_cutoff"]
+SteeringMode = Literal["amplify", "suppress", "intervene"]
+
+# The reference presets' defaults (steerling==0.2.0 SteeringConfig.injection / injection_relu).
+AMPLIFY_TARGET = 8.0
+AMPLIFY_INJECT_LAYER = 8
+SUPPRESS_ALPHA = -7.0
+RELU_STRENGTH = 20.0
+CUTOFF_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,18 @@ class SteeringPlan:
     inject_layer: int = 0
     logit_offset: Tensor | None = None
     interventions: dict[int, float] = field(default_factory=dict)
+    specs: tuple[Steering, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary: the slider specs it was built from, the inject layer, and per term
+        its alpha and schedule."""
+        return {
+            "inject_layer": self.inject_layer,
+            "specs": [sp.to_dict() for sp in self.specs],
+            "terms": [{"alpha": t.alpha, "schedule": t.schedule, "cutoff_tokens": t.cutoff_tokens} for t in self.terms],
+            "interventions": {str(k): v for k, v in self.interventions.items()},
+            "logit_mask": self.logit_offset is not None,
+        }
 
     @property
     def is_empty(self) -> bool:
@@ -86,6 +116,17 @@ class SteeringPlan:
             v = a * term.direction.to(dtype)
             out = v if out is None else out + v
         return out
+
+    def readout(self, model, hidden: Tensor) -> Tensor:
+        """The vector the LM head reads for final hidden states ``hidden`` ``(N, D)``: the composed
+        state with the intervened known weights (no epsilon correction, as the reference) when
+        the plan has interventions, else ``hidden`` itself."""
+        if not self.interventions:
+            return hidden
+        from .concept_heads import decompose
+
+        return decompose(hidden, model.known_head, model.unknown_head, model.cfg.concept.use_epsilon_correction,
+                         known_override=self.known_override(model, hidden)).composed
 
     def known_override(self, model, hidden: Tensor) -> Tensor:
         """Known-concept features ``(N, D)`` with the intervened weights set (reference dense
@@ -108,17 +149,15 @@ def concept_direction(model, concept_ids: list[int]) -> tuple[Tensor, float]:
     """Unit direction ``(D,)`` fp32 of the summed known concept vectors and its peak LM alignment.
 
     Raises:
-        ValueError: no concept ids, or an id outside ``[0, n_concepts)``.
+        ConceptError (a ValueError): no concept heads, no concept ids, or an id outside ``[0, n_concepts)``.
     """
     head = model.known_head
     if head is None:
-        raise ValueError("steering needs an interpretable checkpoint (with concept heads)")
+        raise ConceptError("steering needs an interpretable checkpoint (with concept heads); this one has none")
     if not concept_ids:
-        raise ValueError("no concept ids to steer")
-    for c in concept_ids:
-        if not 0 <= int(c) < head.n_concepts:
-            raise ValueError(f"known concept id {c} is out of range: the model has {head.n_concepts} known concepts")
-    ids = torch.tensor([int(c) for c in concept_ids], device=model.lm_head_weight.device)
+        raise ConceptError("no concept ids to steer")
+    ids_list = check_known_ids(model, concept_ids)
+    ids = torch.tensor(ids_list, device=model.lm_head_weight.device)
     vec = head.embedding(ids).float().sum(dim=0)
     direction = vec / (vec.norm(p=2) + 1e-12)
     peak = max(float(lm_alignment(model, direction).max()), 1e-6)
@@ -140,11 +179,15 @@ def lm_alignment(model, vectors: Tensor, chunk: int = 16384) -> Tensor:
 
 
 def relu_logit_mask(model, strengths: dict[int, float]) -> Tensor:
-    """``Σ_c strength_c · relu(E_k[c] · W_lmᵀ)`` ``(V,)`` fp32 (reference ``_build_relu_mask``)."""
+    """``Σ_c strength_c · relu(E_k[c] · W_lmᵀ)`` ``(V,)`` fp32 (reference ``_build_relu_mask``).
+
+    Raises:
+        ConceptError: an id out of range or a strength that is not finite.
+    """
     head = model.known_head
-    for c in strengths:
-        if not 0 <= int(c) < head.n_concepts:
-            raise ValueError(f"known concept id {c} is out of range: the model has {head.n_concepts} known concepts")
+    check_known_ids(model, list(strengths))
+    for c, v in strengths.items():
+        check_strength(v, f"ReLU mask strength of concept {c}")
     ids = torch.tensor(list(strengths), device=model.lm_head_weight.device)
     s = torch.tensor(list(strengths.values()), dtype=torch.float32, device=ids.device)
     alignment = lm_alignment(model, head.embedding(ids).float().reshape(len(strengths), -1))
@@ -153,7 +196,12 @@ def relu_logit_mask(model, strengths: dict[int, float]) -> Tensor:
 
 def amplify(model, concept_ids: list[int], target: float = 8.0, inject_layer: int = 8, cutoff_tokens: int = 32) -> SteeringPlan:
     """The reference's amplify preset (``SteeringConfig.injection``): ``alpha = target / peak``
-    (target in logit units), hard-cutoff schedule."""
+    (target in logit units), hard-cutoff schedule.
+
+    Raises:
+        ConceptError: a bad id or a target that is not finite.
+    """
+    check_strength(target, "amplify target")
     direction, peak = concept_direction(model, concept_ids)
     term = InjectionTerm(direction, target / peak, "hard_cutoff", cutoff_tokens)
     return SteeringPlan(terms=(term,), inject_layer=inject_layer)
@@ -164,7 +212,12 @@ def suppress(
     inject_layer: int | None = None, relu_strength: float = 20.0,
 ) -> SteeringPlan:
     """The reference's suppress preset (``SteeringConfig.injection_relu``): raw ``alpha`` over the
-    focal concept plus its group, fixed schedule, ReLU mask of the focal concept."""
+    focal concept plus its group, fixed schedule, ReLU mask of the focal concept.
+
+    Raises:
+        ConceptError: a bad id, or an alpha / relu strength that is not finite.
+    """
+    check_strength(alpha, "suppress alpha")
     ids = [concept_id] + [c for c in (group_ids or []) if c != concept_id]
     direction, _ = concept_direction(model, ids)
     layer = inject_layer if inject_layer is not None else model.cfg.n_layers // 2
@@ -173,3 +226,201 @@ def suppress(
         inject_layer=layer,
         logit_offset=relu_logit_mask(model, {concept_id: relu_strength}),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+
+
+def check_strength(value: Any, what: str) -> float:
+    """``value`` as a finite float.
+
+    Raises:
+        ConceptError: not a number, NaN or infinite (naming ``what``).
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ConceptError(f"{what} is {value!r}; expected a finite number") from None
+    if not math.isfinite(v):
+        raise ConceptError(f"{what} is {v}; expected a finite number")
+    return v
+
+
+def check_known_ids(model, concept_ids: Iterable[Any]) -> list[int]:
+    """Known concept ids as ints, each in ``[0, n_concepts)``.
+
+    Raises:
+        ConceptError: no concept heads, a non-integer id, or an id out of range.
+    """
+    head = getattr(model, "known_head", None)
+    if head is None:
+        raise ConceptError("steering needs an interpretable checkpoint (with concept heads); this one has none")
+    out = []
+    for c in concept_ids:
+        cid = as_concept_id(c)
+        if not 0 <= cid < head.n_concepts:
+            raise ConceptError(
+                f"known concept id {cid} is out of range: the model has {head.n_concepts} known concepts "
+                f"(0..{head.n_concepts - 1})"
+            )
+        out.append(cid)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# slider specs -> plan
+
+
+@dataclass(frozen=True)
+class Steering:
+    """One steered concept (a slider of the app, a ``--amplify`` / ``--suppress`` flag).
+
+    Attributes:
+        concept_id: known concept id.
+        mode: ``amplify`` (positive injection, reference ``SteeringConfig.injection``),
+            ``suppress`` (negative injection plus the ReLU logit mask, ``injection_relu``) or
+            ``intervene`` (set the concept's weight at the generated positions).
+        strength: amplify: target in logit units (``alpha = strength / peak``; default 8);
+            suppress: the raw injection alpha, always applied negatively (default 7, i.e.
+            alpha -7); intervene: the concept weight (a sigmoid activation, e.g. 0..1).
+        enabled: off keeps the slider's value but leaves it out of the plan.
+        group: extra known ids summed into the direction (the reference's group steering).
+        relu_strength: suppress only: strength of the ReLU logit mask (default 20).
+        cutoff_tokens: amplify only: tokens generated at full alpha (hard-cutoff schedule).
+    """
+
+    concept_id: int
+    mode: SteeringMode = "amplify"
+    strength: float | None = None
+    enabled: bool = True
+    group: tuple[int, ...] = ()
+    relu_strength: float = RELU_STRENGTH
+    cutoff_tokens: int = CUTOFF_TOKENS
+
+    @property
+    def value(self) -> float:
+        """The strength, or the mode's reference default."""
+        if self.strength is not None:
+            return float(self.strength)
+        return {"amplify": AMPLIFY_TARGET, "suppress": -SUPPRESS_ALPHA, "intervene": 1.0}[self.mode]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concept_id": self.concept_id, "mode": self.mode, "strength": self.value, "enabled": self.enabled,
+            "group": list(self.group), "relu_strength": self.relu_strength, "cutoff_tokens": self.cutoff_tokens,
+        }
+
+
+class SteeringBuilder:
+    """Turns lists of :class:`Steering` into :class:`SteeringPlan` s for one model, caching each
+    direction (with its peak LM alignment) and each ReLU mask, so that rebuilding on every
+    slider change is cheap.
+
+    Args:
+        model: a :class:`~steerling_lite.Steerling` or its ``SteerlingModel``.
+        cache_size: directions / masks kept (each ReLU mask is ``V`` fp32: 0.4 MB for 8B).
+    """
+
+    def __init__(self, model, cache_size: int = 64):
+        self.model = getattr(model, "model", model)
+        self._directions: OrderedDict[tuple[int, ...], tuple[Tensor, float]] = OrderedDict()
+        self._relu: OrderedDict[int, Tensor] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _cached(self, cache: OrderedDict, key, make):
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = make()
+        cache[key] = value
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return value
+
+    @torch.inference_mode()
+    def direction(self, concept_ids: tuple[int, ...]) -> tuple[Tensor, float]:
+        """Unit direction ``(D,)`` fp32 of the summed concept vectors and its peak (cached)."""
+        return self._cached(self._directions, tuple(concept_ids), lambda: concept_direction(self.model, list(concept_ids)))
+
+    @torch.inference_mode()
+    def relu_alignment(self, concept_id: int) -> Tensor:
+        """``relu(E_k[c] · W_lmᵀ)`` ``(V,)`` fp32 (cached)."""
+        return self._cached(self._relu, int(concept_id), lambda: relu_logit_mask(self.model, {int(concept_id): 1.0}))
+
+    def default_inject_layer(self, steerings: Iterable[Steering]) -> int:
+        """The presets' layer, capped at the model's depth: 8 (amplify) when any concept is
+        amplified, else ``n_layers // 2`` (suppress)."""
+        n = self.model.cfg.n_layers
+        modes = {s.mode for s in steerings}
+        layer = AMPLIFY_INJECT_LAYER if "amplify" in modes else n // 2
+        return min(layer, n)
+
+    def validate(self, steerings: Iterable[Steering]) -> list[Steering]:
+        """The specs, checked: modes, ids, finite strengths, no concept steered twice the same way.
+
+        Raises:
+            ConceptError: naming the first bad spec.
+        """
+        out, seen = [], set()
+        for sp in steerings:
+            if not isinstance(sp, Steering):
+                raise ConceptError(f"expected a Steering spec, got {type(sp).__name__}")
+            if sp.mode not in ("amplify", "suppress", "intervene"):
+                raise ConceptError(f"steering mode {sp.mode!r}: expected amplify, suppress or intervene")
+            (cid,) = check_known_ids(self.model, [sp.concept_id])
+            check_known_ids(self.model, sp.group)
+            check_strength(sp.value, f"{sp.mode} strength of concept {cid}")
+            check_strength(sp.relu_strength, f"ReLU mask strength of concept {cid}")
+            if int(sp.cutoff_tokens) < 1:
+                raise ConceptError(f"cutoff_tokens of concept {cid} is {sp.cutoff_tokens}; expected >= 1")
+            key = (cid, "intervene" if sp.mode == "intervene" else "inject")
+            if key in seen:
+                raise ConceptError(f"concept {cid} is steered twice ({sp.mode}); give each concept one spec per kind")
+            seen.add(key)
+            out.append(sp)
+        return out
+
+    def build(self, steerings: Iterable[Steering], inject_layer: int | None = None) -> SteeringPlan:
+        """The plan for ``steerings`` (disabled specs and zero strengths left out; an empty plan
+        when nothing is on, which generation treats as unsteered).
+
+        ``inject_layer`` (``0..n_layers``) applies to every term; default
+        :meth:`default_inject_layer`.
+
+        Raises:
+            ConceptError: a bad spec (see :meth:`validate`) or inject layer.
+        """
+        specs = self.validate(list(steerings))
+        n_layers = self.model.cfg.n_layers
+        if inject_layer is not None:
+            if isinstance(inject_layer, bool) or not isinstance(inject_layer, int) or not 0 <= inject_layer <= n_layers:
+                raise ConceptError(f"inject_layer {inject_layer!r}: expected an integer in 0..{n_layers} (the model's layers)")
+        active = [sp for sp in specs if sp.enabled and (sp.value != 0.0 or sp.mode == "intervene")]
+        if not active:
+            return SteeringPlan(specs=tuple(specs))
+        layer = inject_layer if inject_layer is not None else self.default_inject_layer(active)
+        terms: list[InjectionTerm] = []
+        offset: Tensor | None = None
+        interventions: dict[int, float] = {}
+        for sp in active:
+            cid = int(sp.concept_id)
+            if sp.mode == "intervene":
+                interventions[cid] = sp.value
+                continue
+            ids = (cid,) + tuple(int(g) for g in sp.group if int(g) != cid)
+            direction, peak = self.direction(ids)
+            if sp.mode == "amplify":
+                terms.append(InjectionTerm(direction, sp.value / peak, "hard_cutoff", int(sp.cutoff_tokens)))
+            else:
+                terms.append(InjectionTerm(direction, -abs(sp.value), "fixed"))
+                if sp.relu_strength != 0.0:
+                    mask = float(sp.relu_strength) * self.relu_alignment(cid)
+                    offset = mask if offset is None else offset + mask
+        return SteeringPlan(terms=tuple(terms), inject_layer=layer, logit_offset=offset,
+                            interventions=interventions, specs=tuple(specs))
+
+
+def build_steering(model, steerings: Iterable[Steering], inject_layer: int | None = None) -> SteeringPlan:
+    """One-off :meth:`SteeringBuilder.build` (keep a :class:`SteeringBuilder` to rebuild often)."""
+    return SteeringBuilder(model).build(steerings, inject_layer)

@@ -11,6 +11,7 @@ from ..errors import GenerationError
 from ..generate import GenerationConfig
 from ..config import load_config
 from .common import add_model_args, load_model, model_dir
+from .steering_args import add_steering_args, plan_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_prompt_args(p)
     add_sampling_args(p)
+    add_steering_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead")
     p.set_defaults(func=run)
 
@@ -94,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise GenerationError("the prompt is empty: pass some text with --prompt")
     lm = load_model(args, quiet=args.json)
     ids = build_prompt(lm, args, text)
-    gen = lm.stream(ids, config)
+    plan = plan_from_args(lm, args)
+    gen = lm.stream(ids, config, plan)
     printed = ""
     for event in gen:
         if not args.json and lm.config.mask_token_id not in event.block_tokens:  # a block is complete
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "text": result.text, "token_ids": result.token_ids, "prompt_tokens": len(result.prompt_ids),
             "generated_tokens": len(result.token_ids), "steps": result.steps, "seed": result.seed,
             "stop_reason": result.stop_reason, "model": str(lm.path), "device": str(lm.device),
+            "steering": plan.describe() if plan is not None else None,
             "dtype": str(lm.dtype).removeprefix("torch."),
             "timings": {
                 "load_s": round(lm.load_stats.seconds, 4) if lm.load_stats else None,

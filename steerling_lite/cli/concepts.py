@@ -1,0 +1,114 @@
+"""``steerling-lite concepts``: search the concept catalog, show a concept, find concepts aligned with a token."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..concepts import ConceptCatalog, ConceptError, concept_top_tokens, concepts_for_token, find_labels_file
+from .common import add_model_args, load_model
+
+
+def _labels_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", metavar="FILE",
+                   help="concept labels file (concept_labels.parquet/.csv/.json, from the guidelabs/steerling "
+                        "repo); default: the one in --model's directory, else $STEERLING_CONCEPTS_PATH")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("concepts", help="search and inspect the concepts a model can be steered with")
+    csub = p.add_subparsers(dest="concepts_command", metavar="SUBCOMMAND")
+
+    s = csub.add_parser("search", help="concepts whose name or description match QUERY")
+    s.add_argument("query", metavar="QUERY")
+    s.add_argument("--model", metavar="DIR", help="checkpoint directory (for its labels file and concept counts)")
+    _labels_args(s)
+    s.add_argument("--limit", type=int, default=10, help="results (default 10)")
+    s.add_argument("--all", action="store_true", help="include concepts not marked steerable")
+    s.add_argument("--head", choices=["known", "discovered", "any"], default="known",
+                   help="which concepts (default known: the steerable ones)")
+    s.set_defaults(func=run_search)
+
+    sh = csub.add_parser("show", help="a concept's label, group and the tokens it promotes")
+    sh.add_argument("concept_id", type=int, metavar="ID")
+    sh.add_argument("--head", choices=["known", "discovered"], default="known")
+    add_model_args(sh)
+    _labels_args(sh)
+    sh.add_argument("--tokens", type=int, default=15, help="top promoted tokens to show (default 15)")
+    sh.set_defaults(func=run_show)
+
+    t = csub.add_parser("token", help="concepts most aligned with one token")
+    t.add_argument("token", metavar="TOKEN", help="a token's text (one token) or its id")
+    t.add_argument("--head", choices=["known", "discovered"], default="known")
+    t.add_argument("-k", type=int, default=10, help="concepts to show (default 10)")
+    add_model_args(t)
+    _labels_args(t)
+    t.set_defaults(func=run_token)
+
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _catalog_without_model(args: argparse.Namespace) -> ConceptCatalog:
+    path = find_labels_file(args.model, args.labels)
+    if path is None:
+        raise ConceptError(
+            "no concept labels found: pass --labels FILE (concept_labels.parquet from the Hugging Face repo "
+            "guidelabs/steerling), put it in the --model directory, or set $STEERLING_CONCEPTS_PATH"
+        )
+    if args.model:
+        return ConceptCatalog.for_model(Path(args.model), path)
+    return ConceptCatalog.load(path)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    catalog = _catalog_without_model(args)
+    head = None if args.head == "any" else args.head
+    hits = catalog.search(args.query, limit=args.limit, steerable_only=not args.all, head=head)
+    if args.json:
+        print(json.dumps([c.to_dict() for c in hits]))
+        return 0
+    if not hits:
+        print(f"no {'' if args.all else 'steerable '}concepts match {args.query!r} in {catalog.source}")
+        return 1
+    for c in hits:
+        group = f"  [group {c.group_id}: {c.group_name}]" if c.group_id is not None else ""
+        print(f"{c.head:10} {c.concept_id:>7}  {c.name}{group}")
+        if c.description:
+            print(f"{'':19}{c.description}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    lm = load_model(args, quiet=True)
+    catalog = ConceptCatalog.for_model(lm, args.labels)
+    c = catalog.get(args.concept_id, args.head)
+    tokens = concept_top_tokens(lm, c.concept_id, args.tokens, c.head) if args.tokens > 0 else []
+    group = catalog.group(c.concept_id, c.head) if c.group_id is not None else [c.concept_id]
+    if args.json:
+        print(json.dumps({**c.to_dict(), "group_members": group, "top_tokens": [t.to_dict() for t in tokens]}))
+        return 0
+    print(f"{c.head} concept {c.concept_id}: {c.label}")
+    if c.description:
+        print(f"  {c.description}")
+    if c.group_id is not None:
+        print(f"  group {c.group_id} ({c.group_name}): {', '.join(map(str, group))}")
+    flags = [f for f in ("is_steerable", "is_tone", "is_alignment", "is_demographic") if getattr(c, f)]
+    print(f"  flags: {', '.join(f.removeprefix('is_') for f in flags) or 'none'}")
+    if tokens:
+        print("  promotes: " + ", ".join(f"{t.text!r} {t.score:+.3f}" for t in tokens))
+    return 0
+
+
+def run_token(args: argparse.Namespace) -> int:
+    lm = load_model(args, quiet=True)
+    catalog = ConceptCatalog.for_model(lm, args.labels)
+    token: int | str = int(args.token) if args.token.isdigit() else args.token
+    hits = concepts_for_token(lm, token, args.k, args.head, catalog)
+    if args.json:
+        print(json.dumps([h.to_dict() for h in hits]))
+        return 0
+    for h in hits:
+        print(f"{h.head:10} {h.concept_id:>7}  {h.score:+.4f}  {h.label}")
+    return 0

@@ -1,0 +1,91 @@
+"""``steerling-lite explain``: generate, then show which concepts (and input tokens) produced each chunk."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..attribution import explain_stream
+from ..concepts import ConceptCatalog
+from ..errors import GenerationError
+from .common import add_model_args, load_model
+from .generate import add_prompt_args, add_sampling_args, build_prompt, generation_config, prompt_text
+from .steering_args import add_steering_args, plan_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="generate and attribute every token to concepts (per chunk)")
+    add_model_args(p)
+    add_prompt_args(p)
+    add_sampling_args(p)
+    add_steering_args(p)
+    g = p.add_argument_group("attribution")
+    g.add_argument("--labels", metavar="FILE",
+                   help="concept labels (concept_labels.parquet/.csv/.json; default: the one in the model directory, "
+                        "else $STEERLING_CONCEPTS_PATH, else 'known #id' labels)")
+    g.add_argument("--top", type=int, default=5, help="concepts shown per head and chunk / token (default 5)")
+    g.add_argument("--inputs", type=int, default=0, metavar="N",
+                   help="also show the N prompt tokens that most caused each chunk (integrated gradients; slower)")
+    g.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps for --inputs (default 32)")
+    g.add_argument("--json", action="store_true", help="print per-token records (and chunks) as one JSON object")
+    g.add_argument("--csv", metavar="FILE", help="also write the per-token decomposition as CSV to FILE")
+    p.set_defaults(func=run)
+
+
+def _fmt_concepts(concepts, n: int) -> str:
+    return ", ".join(f"{c.label} {c.contribution:+.4f}" for c in concepts[:n]) or "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise GenerationError(f"--top is {args.top}; expected >= 1")
+    text = prompt_text(args)
+    if not text.strip():
+        raise GenerationError("the prompt is empty: pass some text with --prompt")
+    lm = load_model(args, quiet=args.json)
+    catalog = ConceptCatalog.for_model(lm, args.labels)
+    plan = plan_from_args(lm, args)
+    stream = explain_stream(lm, build_prompt(lm, args, text), generation_config(args), plan, catalog=catalog)
+    attribution = stream.run()
+    result = attribution.result
+    assert result is not None
+    check = attribution.verify()
+    chunks = attribution.chunks()
+    inputs = None
+    if args.inputs > 0:
+        from ..input_attribution import input_attribution
+
+        inputs = input_attribution(lm, attribution, n_steps=args.ig_steps)
+    if args.csv:
+        attribution.to_csv(args.csv)
+    if args.json:
+        out = attribution.to_dict(top=args.top)
+        if inputs is not None:
+            out["input_attribution"] = inputs.to_dict(top=args.inputs)
+            for c, cd in zip(chunks, out["chunks"]):
+                targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
+                cd["inputs"] = [x.to_dict() for x in inputs.aggregate("prompt", top=args.inputs, targets=targets)]
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    for i, c in enumerate(chunks, 1):
+        print(f"[chunk {i}] tokens {c.start - attribution.prompt_len}..{c.end - attribution.prompt_len - 1}"
+              f" ({c.n_tokens} committed)")
+        print(c.text)
+        print(f"  known:      {_fmt_concepts(c.top(args.top, 'known'), args.top)}")
+        print(f"  discovered: {_fmt_concepts(c.top(args.top, 'discovered'), args.top)}")
+        print(f"  epsilon {c.epsilon_pct:.1f}%, known tail {100 * c.known_tail:.1f}%, "
+              f"discovered tail {100 * c.discovered_tail:.1f}% of each token's logit mass")
+        if inputs is not None:
+            targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
+            top_in = inputs.aggregate("prompt", top=args.inputs, targets=targets)
+            print("  inputs:     " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in top_in) or "-"))
+        print()
+    if not chunks:
+        print("(nothing was generated)")
+    print(
+        f"{result.committed_tokens} tokens in {result.elapsed_s:.2f} s, seed {result.seed}; attribution check: "
+        f"{'pass' if check.passed else 'FAIL'} (max |parts - logit| {check.max_abs_error:.2e})",
+        file=sys.stderr,
+    )
+    return 0 if check.passed else 1

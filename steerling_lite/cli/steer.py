@@ -1,0 +1,66 @@
+"""``steerling-lite steer``: the unsteered and the steered generation of a prompt, side by side.
+
+Both runs use the same seed and settings, so the only difference is the steering (as
+Neuronpedia's steering view shows default and steered completions together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import replace
+
+from ..errors import GenerationError
+from .common import add_model_args, load_model
+from .generate import add_prompt_args, add_sampling_args, build_prompt, generation_config, prompt_text
+from .steering_args import add_steering_args, describe, plan_from_args, steerings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("steer", help="print the unsteered and the steered output side by side")
+    add_model_args(p)
+    add_prompt_args(p)
+    add_sampling_args(p)
+    add_steering_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object with both texts instead")
+    p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = steerings_from_args(args)
+    if not specs:
+        raise GenerationError("nothing to steer: give at least one --amplify ID, --suppress ID or --intervene ID=WEIGHT")
+    text = prompt_text(args)
+    if not text.strip():
+        raise GenerationError("the prompt is empty: pass some text with --prompt")
+    lm = load_model(args, quiet=args.json)
+    plan = plan_from_args(lm, args)
+    config = generation_config(args)
+    if config.seed is None:  # one seed for both runs
+        config = replace(config, seed=random.SystemRandom().randrange(2**31))
+    ids = build_prompt(lm, args, text)
+    plain = lm.generate(ids, config)
+    steered = lm.generate(ids, config, plan)
+    label = describe(specs)
+    if args.json:
+        print(json.dumps({
+            "prompt": text, "seed": config.seed, "steering": plan.describe() if plan is not None else None,
+            "unsteered": plain.text, "steered": steered.text,
+            "unsteered_token_ids": plain.token_ids, "steered_token_ids": steered.token_ids,
+        }))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(width=args.width, soft_wrap=False, highlight=False)
+    table = Table(title=f"seed {config.seed}", show_lines=False, expand=True)
+    table.add_column("unsteered", ratio=1, overflow="fold")
+    table.add_column(Text(f"steered: {label}"), ratio=1, overflow="fold")
+    table.add_row(Text(plain.text), Text(steered.text))  # Text: no markup parsing of generated text
+    console.print(table)
+    print(f"{plain.committed_tokens} + {steered.committed_tokens} tokens, seed {config.seed}", file=sys.stderr)
+    return 0

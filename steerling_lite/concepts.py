@@ -1,0 +1,575 @@
+"""The concept catalog: labels of known and discovered concepts, search, groups, and what a concept does.
+
+Guide Labs publish the labels as ``concept_labels.parquet`` (Hugging Face repo
+``guidelabs/steerling``; ../shared/STEERLING_FORMAT.md §1) with the columns
+``concept_id, concept_name, concept_description, head ("known"/"unknown"),
+public_group_id, group_name, is_steerable, is_tone, is_alignment, is_demographic``.
+The same table is read from CSV or JSON. Only ``concept_id`` and ``concept_name`` are
+required; a missing optional column takes a default (``head`` "known", no group,
+known concepts steerable).
+
+Ids. Steering and attribution use each head's own ids (known ``0..n_concepts-1``,
+discovered ``0..n_unknown_concepts-1``). In the published table discovered concepts
+are numbered after the known ones (the reference labels discovered concept ``d`` by
+row ``n_concepts + d``, ``steerling==0.2.0`` ``chunk_attribution``); a table whose
+``unknown`` rows all have ids ``>= n_concepts`` is read that way, otherwise its
+discovered ids are taken as head-local. Concepts without a row get the fallback
+labels ``known #id`` / ``discovered #id``.
+
+Search ranks by whole-word matches of the query's words, three points per match in
+the name and one in the description, as the reference's ``ConceptCatalog.search``.
+:func:`concept_top_tokens` (the vocabulary a concept promotes in the loaded weights) is
+the reliable cross-check of what an id means; :func:`concepts_for_token` goes the
+other way.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import operator
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .errors import SteerlingError
+
+Head = Literal["known", "discovered"]
+
+LABEL_FILES = ("concept_labels.parquet", "concept_labels.csv", "concept_labels.json")
+ENV_VAR = "STEERLING_CONCEPTS_PATH"
+REQUIRED_COLUMNS = ("concept_id", "concept_name")
+PUBLISHED_COLUMNS = (
+    "concept_id", "concept_name", "concept_description", "head", "public_group_id", "group_name",
+    "is_steerable", "is_tone", "is_alignment", "is_demographic",
+)
+
+
+class ConceptError(SteerlingError, ValueError):
+    """An invalid concept id or strength, an unreadable labels file, or a model without concept heads."""
+
+
+def normalize_head(head: str) -> Head:
+    """``known`` -> ``known``; ``discovered`` / ``unknown`` -> ``discovered``.
+
+    Raises:
+        ConceptError: anything else.
+    """
+    h = str(head).strip().lower()
+    if h == "known":
+        return "known"
+    if h in ("discovered", "unknown"):
+        return "discovered"
+    raise ConceptError(f"concept head {head!r}: expected 'known' or 'discovered' (the file's 'unknown')")
+
+
+def as_concept_id(value: Any, head: str = "known") -> int:
+    """``value`` as a concept id: an int (or an integer-valued index type, or a string of digits).
+
+    Raises:
+        ConceptError: a bool, float, or anything else that is not an integer.
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+    raise ConceptError(f"{head} concept id {value!r} is not an integer")
+
+
+def fallback_label(concept_id: int, head: str = "known") -> str:
+    """``known #12`` / ``discovered #7``: the label of a concept the catalog has no row for."""
+    return f"{normalize_head(head)} #{int(concept_id)}"
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept of the catalog.
+
+    Attributes:
+        concept_id: id within its head (what steering and attribution use).
+        head: ``known`` or ``discovered``.
+        name, description: from the labels file; for an unlabelled concept the fallback
+            label and an empty description.
+        group_id, group_name: the public concept group, or None.
+        is_steerable, is_tone, is_alignment, is_demographic: the published flags.
+        labelled: False for a fallback entry (no row in the file).
+    """
+
+    concept_id: int
+    head: Head
+    name: str
+    description: str = ""
+    group_id: int | None = None
+    group_name: str | None = None
+    is_steerable: bool = False
+    is_tone: bool = False
+    is_alignment: bool = False
+    is_demographic: bool = False
+    labelled: bool = True
+
+    @property
+    def label(self) -> str:
+        """Display label: the name, or ``known #id`` / ``discovered #id`` without one."""
+        return self.name if self.labelled and self.name else fallback_label(self.concept_id, self.head)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field plus ``label``."""
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+# ---------------------------------------------------------------------------------------
+# reading label files
+
+
+def _parse_bool(value: Any, default: bool) -> bool:
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value) if not (isinstance(value, float) and math.isnan(value)) else default
+    s = str(value).strip().lower()
+    if s in ("", "nan", "none", "null"):
+        return default
+    if s in ("1", "true", "t", "yes", "y"):
+        return True
+    if s in ("0", "false", "f", "no", "n"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _parse_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value != int(value):
+            raise ValueError(f"not an integer: {value!r}")
+        return int(value)
+    s = str(value).strip()
+    if s.lower() in ("", "nan", "none", "null"):
+        return None
+    f = float(s)
+    if f != int(f):
+        raise ValueError(f"not an integer: {value!r}")
+    return int(f)
+
+
+def _parse_str(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value) if str(value) != "" else None  # CSV writes missing values as empty strings
+
+
+def _read_columns(path: Path) -> dict[str, list[Any]]:
+    """Columns of a labels file as lists (parquet via pyarrow, CSV, JSON)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            return {name: table.column(name).to_pylist() for name in table.column_names}
+        if suffix == ".csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                names = list(reader.fieldnames or [])
+            return {n: [r.get(n) for r in rows] for n in names}
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "concepts" in data:
+                data = data["concepts"]
+            if isinstance(data, list):
+                names: list[str] = []
+                for r in data:
+                    if not isinstance(r, dict):
+                        raise ConceptError(f"{path}: expected a list of objects, one per concept")
+                    names += [k for k in r if k not in names]
+                return {n: [r.get(n) for r in data] for n in names}
+            if isinstance(data, dict) and all(isinstance(v, (list, dict)) for v in data.values()):
+                cols = {}
+                for k, v in data.items():  # column-oriented, e.g. pandas to_json(orient="columns")
+                    cols[k] = list(v.values()) if isinstance(v, dict) else list(v)
+                return cols
+            raise ConceptError(f"{path}: expected a list of concept objects or an object of columns")
+    except ConceptError:
+        raise
+    except Exception as exc:  # pyarrow / csv / json errors name the problem; add the file
+        raise ConceptError(f"{path}: cannot read concept labels ({type(exc).__name__}: {exc})") from None
+    raise ConceptError(f"{path}: unsupported labels file type {suffix!r}; expected .parquet, .csv or .json")
+
+
+def read_concept_labels(path: str | Path, n_known: int | None = None) -> list[Concept]:
+    """Concepts of a labels file (parquet, CSV or JSON), with head-local ids (see the module doc).
+
+    Args:
+        path: the file.
+        n_known: the model's number of known concepts, to map the published discovered ids
+            (``n_known + d``); default ``1 + max known id`` of the file.
+
+    Raises:
+        ConceptError: unreadable file, missing required columns, a bad value (naming the row
+            and column), or a duplicate (head, id).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConceptError(f"concept labels file {path} does not exist")
+    cols = _read_columns(path)
+    if "concept_idx" in cols and "concept_id" not in cols:  # the reference's legacy CSV
+        cols["concept_id"] = cols.pop("concept_idx")
+    missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+    if missing:
+        raise ConceptError(
+            f"{path}: missing column(s) {', '.join(missing)}; a labels file needs {', '.join(REQUIRED_COLUMNS)} "
+            f"(published columns: {', '.join(PUBLISHED_COLUMNS)}); found: {', '.join(cols) or 'none'}"
+        )
+    n_rows = len(cols["concept_id"])
+
+    def col(name: str) -> list[Any]:
+        return cols.get(name) or [None] * n_rows
+
+    raw: list[tuple[int, Head, dict[str, Any]]] = []
+    for i in range(n_rows):
+        row = {k: col(k)[i] for k in PUBLISHED_COLUMNS}
+        try:
+            cid = _parse_int(row["concept_id"])
+            if cid is None or cid < 0:
+                raise ValueError(f"concept_id {row['concept_id']!r} is not a non-negative integer")
+            head = normalize_head(row["head"]) if _parse_str(row["head"]) else "known"
+            raw.append((cid, head, row))
+        except (ValueError, ConceptError) as exc:
+            raise ConceptError(f"{path}: row {i + 1}: {exc}") from None
+    known_ids = [c for c, h, _ in raw if h == "known"]
+    disc_ids = [c for c, h, _ in raw if h == "discovered"]
+    if n_known is None:
+        n_known = max(known_ids) + 1 if known_ids else 0
+    offset = n_known if disc_ids and min(disc_ids) >= n_known else 0
+    out: list[Concept] = []
+    seen: set[tuple[str, int]] = set()
+    for i, (cid, head, row) in enumerate(raw):
+        local = cid - offset if head == "discovered" else cid
+        if (head, local) in seen:
+            raise ConceptError(f"{path}: row {i + 1}: {head} concept {local} appears twice")
+        seen.add((head, local))
+        try:
+            out.append(Concept(
+                concept_id=local, head=head,
+                name=_parse_str(row["concept_name"]) or "",
+                description=_parse_str(row["concept_description"]) or "",
+                group_id=_parse_int(row["public_group_id"]),
+                group_name=_parse_str(row["group_name"]),
+                is_steerable=_parse_bool(row["is_steerable"], head == "known"),
+                is_tone=_parse_bool(row["is_tone"], False),
+                is_alignment=_parse_bool(row["is_alignment"], False),
+                is_demographic=_parse_bool(row["is_demographic"], False),
+            ))
+        except ValueError as exc:
+            raise ConceptError(f"{path}: row {i + 1} (concept {cid}): {exc}") from None
+    return out
+
+
+def find_labels_file(model_dir: str | Path | None = None, path: str | Path | None = None) -> Path | None:
+    """The labels file to use: ``path`` if given, else ``concept_labels.{parquet,csv,json}`` in
+    ``model_dir``, else ``$STEERLING_CONCEPTS_PATH``; None when there is none.
+
+    Raises:
+        ConceptError: an explicit ``path`` (or the environment variable's) that does not exist.
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConceptError(f"concept labels file {p} does not exist")
+        return p
+    if model_dir is not None:
+        for name in LABEL_FILES:
+            p = Path(model_dir) / name
+            if p.is_file():
+                return p
+    env = os.environ.get(ENV_VAR)
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConceptError(f"${ENV_VAR} points at {p}, which does not exist")
+        return p
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# the catalog
+
+
+class ConceptCatalog:
+    """Known and discovered concepts with their labels; lookups fall back to ``known #id`` labels.
+
+    Args:
+        concepts: the labelled concepts (head-local ids).
+        n_known, n_discovered: the model's concept counts, when known: ids outside them are
+            rejected by :meth:`get`, and ids inside them without a row get fallback entries.
+        source: the file the labels came from (None: no file).
+    """
+
+    def __init__(self, concepts: Iterable[Concept] = (), n_known: int | None = None,
+                 n_discovered: int | None = None, source: Path | None = None):
+        self._rows: dict[tuple[str, int], Concept] = {(c.head, c.concept_id): c for c in concepts}
+        self.n_known, self.n_discovered = n_known, n_discovered
+        self.source = source
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, n_known: int | None = None, n_discovered: int | None = None) -> ConceptCatalog:
+        """Read a labels file (see :func:`read_concept_labels`)."""
+        return cls(read_concept_labels(path, n_known), n_known, n_discovered, Path(path))
+
+    @classmethod
+    def for_model(cls, lm, path: str | Path | None = None) -> ConceptCatalog:
+        """The catalog of a loaded :class:`~steerling_lite.Steerling` (or a checkpoint directory):
+        ``path``, else the labels file in the model directory, else ``$STEERLING_CONCEPTS_PATH``,
+        else an empty catalog of fallback labels."""
+        from .config import load_config
+
+        if isinstance(lm, (str, Path)):
+            model_dir: Path | None = Path(lm)
+            cfg = load_config(model_dir)
+        else:
+            model_dir, cfg = lm.path, lm.config
+        c = cfg.concept
+        n_known = c.n_concepts if c is not None else None
+        n_disc = (c.n_unknown_concepts if c is not None and c.n_unknown_padded else 0) if c is not None else None
+        found = find_labels_file(model_dir, path)
+        if found is None:
+            return cls((), n_known, n_disc, None)
+        return cls(read_concept_labels(found, n_known), n_known, n_disc, found)
+
+    # ---- lookups ------------------------------------------------------------------------
+    def _limit(self, head: Head) -> int | None:
+        return self.n_known if head == "known" else self.n_discovered
+
+    def check_id(self, concept_id: Any, head: str = "known") -> int:
+        """``concept_id`` as an int, checked against the model's range when the catalog knows it.
+
+        Raises:
+            ConceptError: not an integer, negative, or outside the model's concepts.
+        """
+        h = normalize_head(head)
+        cid = as_concept_id(concept_id, h)
+        limit = self._limit(h)
+        if cid < 0 or (limit is not None and cid >= limit):
+            rng = f"0..{limit - 1}" if limit else "none: the model has no such concepts"
+            raise ConceptError(f"{h} concept id {cid} is out of range ({rng})")
+        return cid
+
+    def get(self, concept_id: int, head: str = "known") -> Concept:
+        """The concept, or a fallback entry (``labelled=False``) when the file has no row for it.
+
+        Raises:
+            ConceptError: an id outside the model's range (see :meth:`check_id`).
+        """
+        h = normalize_head(head)
+        cid = self.check_id(concept_id, h)
+        row = self._rows.get((h, cid))
+        if row is not None:
+            return row
+        return Concept(cid, h, fallback_label(cid, h), is_steerable=h == "known", labelled=False)
+
+    def label(self, concept_id: int, head: str = "known") -> str:
+        """Display label of a concept (fallback ``known #id`` / ``discovered #id``); never raises for
+        a non-negative id."""
+        h = normalize_head(head)
+        row = self._rows.get((h, int(concept_id)))
+        return row.label if row is not None else fallback_label(concept_id, h)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, tuple):
+            return (normalize_head(key[0]), int(key[1])) in self._rows
+        return ("known", key) in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[Concept]:
+        return iter(sorted(self._rows.values(), key=lambda c: (c.head != "known", c.concept_id)))
+
+    def concepts(self, head: str | None = None, steerable_only: bool = False) -> list[Concept]:
+        """Labelled concepts, known first, by id; optionally of one head / steerable only."""
+        h = normalize_head(head) if head is not None else None
+        return [c for c in self if (h is None or c.head == h) and (not steerable_only or c.is_steerable)]
+
+    # ---- search and groups -----------------------------------------------------------------
+    def search(self, query: str, *, limit: int = 10, steerable_only: bool = True,
+               head: str | None = "known") -> list[Concept]:
+        """Concepts whose name / description contain the query's words, best first.
+
+        Score: per query word, 3 per whole-word match in the name plus 1 per match in the
+        description (case-insensitive; the reference's ``ConceptCatalog.search``); ties by id.
+        By default only steerable known concepts, the set that can be steered.
+        """
+        terms = [t for t in query.lower().split() if t]
+        if not terms:
+            return []
+        patterns = [re.compile(rf"\b{re.escape(t)}\b") for t in terms]
+        scored: list[tuple[int, Concept]] = []
+        for c in self.concepts(head, steerable_only):
+            name, desc = c.name.lower(), c.description.lower()
+            score = sum(3 * len(p.findall(name)) + len(p.findall(desc)) for p in patterns)
+            if score > 0:
+                scored.append((score, c))
+        scored.sort(key=lambda sc: (-sc[0], sc[1].head != "known", sc[1].concept_id))
+        return [c for _, c in scored[: max(limit, 0)]]
+
+    def group(self, concept_id: int, head: str = "known") -> list[int]:
+        """Ids of the concepts in this concept's public group, the focal id first (just the id
+        when it has no group). Pass them to :func:`~steerling_lite.steering.suppress` for group
+        steering, as the reference does."""
+        focal = self.get(concept_id, head)
+        if focal.group_id is None:
+            return [focal.concept_id]
+        members = [c.concept_id for c in self.concepts(focal.head) if c.group_id == focal.group_id]
+        return [focal.concept_id] + [m for m in members if m != focal.concept_id]
+
+    def groups(self, head: str = "known") -> dict[int, tuple[str | None, list[int]]]:
+        """``{group_id: (group_name, [concept ids])}`` of one head."""
+        out: dict[int, tuple[str | None, list[int]]] = {}
+        for c in self.concepts(head):
+            if c.group_id is not None:
+                name, ids = out.setdefault(c.group_id, (c.group_name, []))
+                ids.append(c.concept_id)
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+# what a concept does in the loaded weights
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A vocabulary token and its alignment with a concept: ``(E[c] / |E[c]|) · W_lm[token]``, logit units."""
+
+    token_id: int
+    text: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConceptScore:
+    """A concept and its alignment with a token (same score as :class:`TokenScore`)."""
+
+    concept_id: int
+    head: Head
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_interpretable(model, what: str) -> None:
+    """Raise :class:`ConceptError` unless ``model`` has concept heads."""
+    if getattr(model, "known_head", None) is None:
+        raise ConceptError(
+            f"{what} needs an interpretable checkpoint (with concept heads); this one has none "
+            f"(config.json: interpretable is false)"
+        )
+
+
+def concept_vectors(model, concept_ids: Sequence[int] | Tensor, head: str = "known") -> Tensor:
+    """Concept vectors ``E[ids]`` ``(K, D)`` fp32 of the known or discovered head.
+
+    Raises:
+        ConceptError: no concept heads / no discovered head, or an id out of range.
+    """
+    h = normalize_head(head)
+    require_interpretable(model, "concept vectors")
+    mod = model.known_head if h == "known" else model.unknown_head
+    if mod is None:
+        raise ConceptError("this model has no discovered-concept head")
+    ids = torch.as_tensor(concept_ids, dtype=torch.long, device=model.lm_head_weight.device).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= mod.n_concepts)]
+    if bad.numel():
+        raise ConceptError(f"{h} concept id {int(bad[0])} is out of range (0..{mod.n_concepts - 1})")
+    return mod.embedding(ids).float()
+
+
+def _token_id(lm, token: int | str) -> int:
+    vocab = lm.config.vocab_size
+    if isinstance(token, str):
+        ids = lm.tokenizer.encode_with_specials(token)
+        if len(ids) != 1:
+            raise ConceptError(f"{token!r} is {len(ids)} tokens ({ids}); give a single token or its id")
+        return ids[0]
+    t = int(token)
+    if not 0 <= t < vocab:
+        raise ConceptError(f"token id {t} is outside the vocabulary (0..{vocab - 1})")
+    return t
+
+
+@torch.inference_mode()
+def concept_top_tokens(lm, concept_id: int, k: int = 15, head: str = "known") -> list[TokenScore]:
+    """The ``k`` vocabulary tokens concept ``concept_id`` most promotes: ``W_lm · E[c] / |E[c]|``
+    (reference ``SteerlingGenerator.concept_top_tokens``), highest first.
+
+    Raises:
+        ConceptError: no concept heads, or an id out of range.
+    """
+    from .steering import lm_alignment
+
+    v = concept_vectors(lm.model, [concept_id], head)[0]
+    v = v / (v.norm() + 1e-12)
+    scores = lm_alignment(lm.model, v)
+    vals, idx = scores.topk(min(k, scores.numel()))
+    return [TokenScore(int(i), lm.tokenizer.token_text(int(i)), float(s)) for i, s in zip(idx.tolist(), vals.tolist())]
+
+
+@torch.inference_mode()
+def concepts_for_token(lm, token: int | str, k: int = 10, head: str = "known",
+                       catalog: ConceptCatalog | None = None) -> list[ConceptScore]:
+    """The ``k`` concepts of ``head`` whose unit vector is most aligned with token ``token``'s LM
+    row: ``(E[c] / |E[c]|) · W_lm[token]``, highest first (the score :func:`concept_top_tokens`
+    ranks tokens by). ``token`` is an id or the text of one token.
+
+    Raises:
+        ConceptError: no concept heads, a text that is not one token, an id out of range.
+    """
+    h = normalize_head(head)
+    require_interpretable(lm.model, "concept lookup")
+    tid = _token_id(lm, token)
+    w = lm.model.lm_head_weight[tid].float()
+    if h == "known":
+        mod = lm.model.known_head
+        E = mod.embedding(torch.arange(mod.n_concepts, device=w.device)).float()
+        scores = (E @ w) / (E.norm(dim=-1) + 1e-12)
+    else:
+        mod = lm.model.unknown_head
+        if mod is None:
+            raise ConceptError("this model has no discovered-concept head")
+        if mod.factorized:  # E = coef · basisᵀ: stay in rank space (E is 101k x 4096 for 8B)
+            coef = mod.embedding_coef.weight[: mod.n_concepts].float()
+            basis = mod.embedding_basis.weight.float()  # (D, r)
+            dots = coef @ (basis.t() @ w)
+            norms = ((coef @ (basis.t() @ basis)) * coef).sum(-1).clamp_min(0).sqrt()
+            scores = dots / (norms + 1e-12)
+        else:
+            E = mod.concept_embedding.weight[: mod.n_concepts].float()
+            scores = (E @ w) / (E.norm(dim=-1) + 1e-12)
+    vals, idx = scores.topk(min(k, scores.numel()))
+    cat = catalog or ConceptCatalog()
+    return [ConceptScore(int(i), h, cat.label(int(i), h), float(s)) for i, s in zip(idx.tolist(), vals.tolist())]
