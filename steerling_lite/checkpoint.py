@@ -6,18 +6,29 @@ files are read: Python files in the directory are never imported and nothing is
 unpickled. Every tensor's name, shape and dtype is checked against config.json from
 the safetensors headers before any weight is read, and weights are then streamed
 tensor by tensor straight to their device and dtype (the model is built on the meta
-device, so no second full copy exists).
+device, so no second full copy exists). Each tensor is read from its byte range in the
+file rather than through a memory map: pages of a mapped file count in the process's
+resident memory until it is closed, which for a 5 GB shard would be 5 GB more peak RAM.
+
+A *pre-quantized* checkpoint (``steerling-lite quantize``) also holds
+``quantize_config.json``; its quantized layers' tensors are checked against the layout of
+its settings (:mod:`quant.prequant`), and each tensor against the CRC-32 in its file's
+metadata when it is read.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from quant.linear import replace_linears
+from quant.prequant import META_CRC32, META_SETTINGS, QUANTIZE_CONFIG, PrequantInfo, check_file_settings, read_quantize_config
 
 from .config import SteerlingConfig, load_config
 from .errors import CheckpointError
@@ -26,7 +37,11 @@ from .model import SteerlingModel
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I32": 4, "I64": 8, "F64": 8}
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}
+TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
+                "BOOL": torch.bool}
+DTYPE_CODES = {v: k for k, v in TORCH_DTYPES.items()}
 TIED_LM_HEAD = "transformer.lm_head.weight"
 
 # progress(bytes_done, bytes_total, tensor_name)
@@ -41,6 +56,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype code: BF16, F32, ...
     file: Path
+    offsets: tuple[int, int] | None = None  # [begin, end) bytes of the data in the file
+    crc32: int | None = None  # CRC-32 of the data, when the file's metadata records one
 
     @property
     def nbytes(self) -> int:
@@ -59,13 +76,17 @@ class Checkpoint:
         config: parsed config.json.
         files: weight files in load order.
         tensors: model parameter name -> header info (the name in the file may lack the
-            ``transformer.`` prefix for a non-interpretable checkpoint).
+            ``transformer.`` prefix for a non-interpretable checkpoint). In a pre-quantized
+            checkpoint a quantized layer's names are those of its quantized tensors
+            (``<layer>.weight``, ``<layer>.absmax``, ...).
+        prequant: what ``quantize_config.json`` says, for a pre-quantized checkpoint.
     """
 
     path: Path
     config: SteerlingConfig
     files: tuple[Path, ...]
     tensors: dict[str, TensorInfo]
+    prequant: PrequantInfo | None = None
 
     @property
     def nbytes(self) -> int:
@@ -105,6 +126,25 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no weights: expected {SINGLE_FILE} or {INDEX_FILE} with its shards{hint}")
 
 
+def file_header(path: Path) -> tuple[int, dict, dict[str, str]]:
+    """The raw safetensors header of ``path``: ``(data_start, {name: {dtype, shape, data_offsets}},
+    metadata)`` (format: 8-byte little-endian header length, JSON header, then the data).
+
+    Raises:
+        CheckpointError: the header cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(header, dict) or not isinstance(meta, dict):
+            raise ValueError("header is not a JSON object")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the safetensors header ({exc}); the file may be corrupt") from exc
+    return 8 + n, header, meta
+
+
 def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
     """Name -> :class:`TensorInfo` from the files' headers.
 
@@ -115,16 +155,29 @@ def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
     out: dict[str, TensorInfo] = {}
     for path in files:
         try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    if name in out:
-                        raise CheckpointError(f"{path}: tensor {name} is also in {out[name].file.name}")
-                    out[name] = TensorInfo(name, tuple(sl.get_shape()), sl.get_dtype(), path)
+            with safe_open(str(path), framework="pt") as f:  # validates the header against the file size
+                names = list(f.keys())
         except SafetensorError as exc:
             raise CheckpointError(
                 f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt: copy or download it again"
             ) from exc
+        start, header, meta = file_header(path)
+        crcs: dict = {}
+        if META_CRC32 in meta:
+            try:
+                crcs = json.loads(meta[META_CRC32])
+                if not isinstance(crcs, dict) or not all(isinstance(v, int) for v in crcs.values()):
+                    raise ValueError("expected {tensor: CRC-32}")
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: unreadable {META_CRC32} metadata ({exc}); the file may be corrupt") from exc
+        for name in names:
+            if name in out:
+                raise CheckpointError(f"{path}: tensor {name} is also in {out[name].file.name}")
+            h = header[name]
+            begin, end = h["data_offsets"]
+            crc = crcs.get(name)
+            out[name] = TensorInfo(name, tuple(h["shape"]), h["dtype"], path, (start + begin, start + end),
+                                   int(crc) if crc is not None else None)
     return out
 
 
@@ -133,6 +186,37 @@ def expected_shapes(cfg: SteerlingConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = SteerlingModel(cfg)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def meta_model(cfg: SteerlingConfig, prequant: PrequantInfo | None = None) -> SteerlingModel:
+    """The model on the meta device; with ``prequant``, its quantized layers replaced as recorded.
+
+    Raises:
+        CheckpointError: ``prequant`` names a layer that is not a quantizable linear layer.
+    """
+    with torch.device("meta"):
+        model = SteerlingModel(cfg)
+    if prequant is not None:
+        if cfg.weight_sharing and "transformer.lm_head" in prequant.modules:
+            raise CheckpointError(f"{QUANTIZE_CONFIG}: lists transformer.lm_head, which is tied to the embedding "
+                                  "and cannot be quantized")
+        try:
+            replace_linears(model, prequant.modules, prequant.config)
+        except (ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{QUANTIZE_CONFIG}: {exc}: not a layer of the model config.json describes") from exc
+    return model
+
+
+def expected_tensors(cfg: SteerlingConfig, prequant: PrequantInfo | None = None) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """Parameter name -> ``(shape, dtype code)``; the dtype is None for a float tensor (any
+    float dtype is accepted) and fixed for a pre-quantized layer's tensors."""
+    model = meta_model(cfg, prequant)
+    fixed: set[str] = set()
+    if prequant is not None:
+        for layer in prequant.modules:
+            fixed.update(f"{layer}.{k}" for k in prequant.config.layout(1, 1))
+    return {name: (tuple(p.shape), DTYPE_CODES[p.dtype] if name in fixed else None)
+            for name, p in model.named_parameters()}
 
 
 def file_name(cfg: SteerlingConfig, param: str) -> str:
@@ -166,20 +250,39 @@ def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = frozen
     cfg = load_config(model_dir)
     files = weight_files(model_dir)
     headers = read_headers(files)
-    want = expected_shapes(cfg)
+    try:
+        prequant = read_quantize_config(model_dir)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    for path in files:
+        meta = file_header(path)[2]
+        if prequant is None and META_SETTINGS in meta:
+            raise CheckpointError(f"{path}: holds pre-quantized tensors but {QUANTIZE_CONFIG} is missing from {model_dir}")
+        if prequant is not None:
+            try:
+                check_file_settings(prequant, meta, str(path))
+            except ValueError as exc:
+                raise CheckpointError(str(exc)) from None
+    want = expected_tensors(cfg, prequant)
     tensors: dict[str, TensorInfo] = {}
     missing: list[str] = []
-    for param, shape in want.items():
+    for param, (shape, fixed_dtype) in want.items():
         info = headers.get(file_name(cfg, param))
         if info is None:
             missing.append(file_name(cfg, param))
             continue
         if info.shape != shape:
+            what = f"the {prequant.config.method} layout" if fixed_dtype is not None and prequant else "config.json"
             raise CheckpointError(
                 f"{info.file}: tensor {info.name} has shape {list(info.shape)}, expected {list(shape)} "
-                f"from config.json{_shape_hint(cfg, param)}"
+                f"from {what}{_shape_hint(cfg, param)}"
             )
-        if info.dtype not in allow_dtypes:
+        if fixed_dtype is not None and info.dtype != fixed_dtype:
+            raise CheckpointError(
+                f"{info.file}: tensor {info.name} has dtype {info.dtype}; expected {fixed_dtype} "
+                f"(a pre-quantized {prequant.config.method} layer)"  # type: ignore[union-attr]
+            )
+        if fixed_dtype is None and info.dtype not in allow_dtypes:
             raise CheckpointError(
                 f"{info.file}: tensor {info.name} has dtype {info.dtype}; expected one of {', '.join(sorted(allow_dtypes))}"
             )
@@ -197,7 +300,7 @@ def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = frozen
         raise CheckpointError(
             f"{where}: unexpected tensor(s) {', '.join(unexpected[:8])}{more}: not part of the model config.json describes"
         )
-    return Checkpoint(model_dir, cfg, tuple(files), tensors)
+    return Checkpoint(model_dir, cfg, tuple(files), tensors, prequant)
 
 
 def assign_parameter(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
@@ -207,27 +310,65 @@ def assign_parameter(model: torch.nn.Module, name: str, value: torch.Tensor) -> 
     module._parameters[attr] = torch.nn.Parameter(value, requires_grad=False)
 
 
+def read_tensor(f, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor's bytes from open file ``f`` (its byte range, no memory map) into a new CPU tensor.
+
+    Raises:
+        CheckpointError: short read (the file was truncated), an unknown dtype, or a CRC-32
+            mismatch (the data is damaged).
+    """
+    if info.offsets is None or info.dtype not in TORCH_DTYPES:
+        raise CheckpointError(f"{info.file}: tensor {info.name}: cannot read dtype {info.dtype}")
+    begin, end = info.offsets
+    buf = torch.empty(end - begin, dtype=torch.uint8)
+    view = memoryview(buf.numpy())
+    f.seek(begin)
+    pos = 0
+    while pos < len(view):
+        n = f.readinto(view[pos:])
+        if not n:
+            raise CheckpointError(f"{info.file}: cannot read tensor data of {info.name} (file ends at byte "
+                                  f"{begin + pos}, expected {end}); the file may be truncated or corrupt")
+        pos += n
+    if info.crc32 is not None and zlib.crc32(view) != info.crc32:
+        raise CheckpointError(f"{info.file}: tensor {info.name} is damaged (CRC-32 does not match the file's "
+                              "metadata): copy or write the file again")
+    return buf.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)
+
+
+def read_order(ckpt: Checkpoint) -> list[str]:
+    """Parameter names in the order :func:`iter_tensors` yields them: file by file, by offset in each file."""
+    rank = {path: i for i, path in enumerate(ckpt.files)}
+    return sorted(ckpt.tensors, key=lambda p: (rank.get(ckpt.tensors[p].file, len(rank)), ckpt.tensors[p].offsets or (0, 0)))
+
+
 def iter_tensors(ckpt: Checkpoint, progress: Progress | None = None):
     """Yield ``(param_name, tensor)`` from the files one at a time, in file order, on the CPU.
 
+    Each tensor is read from its byte range (see the module docstring: no memory map, so
+    only the tensors the caller keeps stay in memory).
+
     Raises:
-        CheckpointError: a tensor's bytes cannot be read (file truncated since its header was read).
+        CheckpointError: a tensor's bytes cannot be read (file truncated since its header was
+            read) or do not match their CRC-32.
     """
     total = ckpt.nbytes
     done = 0
-    by_file: dict[Path, list[tuple[str, TensorInfo]]] = {}
-    for param, info in ckpt.tensors.items():
-        by_file.setdefault(info.file, []).append((param, info))
+    by_file: dict[Path, list[str]] = {}
+    for param in read_order(ckpt):
+        by_file.setdefault(ckpt.tensors[param].file, []).append(param)
     for path in ckpt.files:
+        items = [(param, ckpt.tensors[param]) for param in by_file.get(path, [])]
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for param, info in by_file.get(path, []):
-                    tensor = f.get_tensor(info.name)
+            with open(path, "rb", buffering=0) as f:
+                for param, info in items:
+                    tensor = read_tensor(f, info)
                     yield param, tensor
+                    del tensor  # do not hold it while the next one is read
                     done += info.nbytes
                     if progress is not None:
                         progress(done, total, info.name)
-        except SafetensorError as exc:
+        except OSError as exc:
             raise CheckpointError(f"{path}: cannot read tensor data ({exc}); the file may be truncated or corrupt") from exc
 
 
@@ -252,6 +393,9 @@ def load_model(
         ConfigError, CheckpointError: see :func:`open_checkpoint`.
     """
     ckpt = model_dir if isinstance(model_dir, Checkpoint) else open_checkpoint(model_dir)
+    if ckpt.prequant is not None:
+        raise CheckpointError(f"{ckpt.path}: pre-quantized ({ckpt.prequant.config.method}); load it with "
+                              f"Steerling.load(..., quant='{ckpt.prequant.config.method}') or --quant {ckpt.prequant.config.method}")
     with torch.device("meta"):
         model = SteerlingModel(ckpt.config)
     for param, tensor in iter_tensors(ckpt, progress):

@@ -292,6 +292,16 @@ class SteerlingModel(nn.Module):
         return out
 
     @property
+    def input_device(self) -> torch.device:
+        """Where input token ids go: the token embedding's execution device (an accelerate
+        offload hook's, when the model was dispatched), else the device of its weight."""
+        emb = self.transformer.tok_emb
+        dev = getattr(getattr(emb, "_hf_hook", None), "execution_device", None)
+        if dev is None:
+            return emb.weight.device
+        return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+
+    @property
     def interpretable(self) -> bool:
         return self.known_head is not None
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from quant import QuantConfig
+
 from .checkpoint import Checkpoint, Progress, load_model, open_checkpoint
 from .config import SteerlingConfig
 from .generate import Generation, GenerationConfig, GenerationResult
@@ -74,18 +76,27 @@ class Steerling:
         model: the :class:`SteerlingModel` (eval mode, frozen).
         tokenizer: the matching tokenizer (base or instruct).
         config: the checkpoint's config.
-        device, dtype: where and in which precision the weights live.
+        device, dtype: where the model runs (the execution device) and the precision of its
+            unquantized weights.
         path: the checkpoint directory, if loaded from one.
+        quant: ``none``, ``int8``, ``nf4`` or ``fp4`` (the transformer blocks' linear layers).
+        quant_config: the :class:`quant.QuantConfig`, or None when unquantized.
+        plan: the memory plan the load followed (:class:`steerling_lite.quantized.LoadPlan`),
+            or None for a plain load.
     """
 
     def __init__(self, model: SteerlingModel, device: torch.device, dtype: torch.dtype,
-                 path: Path | None = None, load_stats: LoadStats | None = None):
+                 path: Path | None = None, load_stats: LoadStats | None = None, *,
+                 quant_config=None, plan=None):
         self.model = model
         self.config: SteerlingConfig = model.cfg
         self.tokenizer: SteerlingTokenizer = get_tokenizer(model.cfg.instruct)
         self.device, self.dtype = device, dtype
         self.path = path
         self.load_stats = load_stats
+        self.quant_config = quant_config
+        self.quant: str = quant_config.method if quant_config is not None else "none"
+        self.plan = plan
 
     @classmethod
     def load(
@@ -94,17 +105,64 @@ class Steerling:
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         progress: Progress | None = None,
+        *,
+        quant: str | QuantConfig = "auto",
+        max_gpu_memory: int | str | None = None,
+        max_cpu_memory: int | str | None = None,
+        offload_dir: str | Path | None = None,
+        context: int | None = None,
     ) -> Steerling:
         """Load a checkpoint directory (see :func:`~steerling_lite.checkpoint.open_checkpoint` for
-        what is checked and the errors raised)."""
+        what is checked and the errors raised).
+
+        Args:
+            model_dir: the checkpoint directory.
+            device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
+            dtype: precision of the unquantized weights (``auto``: bf16 on CUDA or when
+                quantizing; on the CPU fp32 when it fits in half the free RAM, else bf16).
+            progress: called after each tensor with bytes done / total.
+            quant: ``auto`` (the best precision that runs without offloading: bf16, int8,
+                nf4; else the one that offloads least), ``none``, ``int8``, ``nf4``, ``fp4``, or a
+                :class:`quant.QuantConfig` with settings (int8 threshold, double quant, compute dtype).
+                Only the transformer blocks' linear layers are quantized
+                (:mod:`steerling_lite.quantized`). A pre-quantized checkpoint loads as what it is.
+            max_gpu_memory, max_cpu_memory: caps in bytes or as ``"6GiB"``; parts that do not
+                fit are offloaded through accelerate (GPU -> CPU RAM -> disk).
+            offload_dir: where layers quantized while loading may be offloaded to disk.
+            context: tokens of context to plan the KV cache for (default the model's).
+
+        With ``quant="none"`` and no memory options this is the plain load: every weight
+        straight to ``device`` in ``dtype``.
+
+        Raises:
+            ConfigError, CheckpointError: a bad checkpoint (or a pre-quantized one asked for
+                another precision, or written by another bitsandbytes);
+            PlacementError: it does not fit, or not on the device asked for;
+            ValueError: a bad device, dtype, quant mode or size.
+        """
         t0 = time.perf_counter()
         ckpt: Checkpoint = open_checkpoint(model_dir)
         dev = resolve_device(device)
-        n_params = sum(_numel(t.shape) for t in ckpt.tensors.values())
-        dt = resolve_dtype(dtype, dev, n_params)
-        model = load_model(ckpt, dev, dt, progress)
+        plain = (isinstance(quant, str) and quant == "none" and ckpt.prequant is None and max_gpu_memory is None
+                 and max_cpu_memory is None and offload_dir is None)
+        if plain:
+            n_params = sum(_numel(t.shape) for t in ckpt.tensors.values())
+            dt = resolve_dtype(dtype, dev, n_params)
+            model = load_model(ckpt, dev, dt, progress)
+            stats = LoadStats(time.perf_counter() - t0, ckpt.nbytes, psutil.Process().memory_info().rss)
+            return cls(model, dev, dt, Path(model_dir), stats)
+        from .quantized import PlacementError, load_planned, plan_memory
+
+        asked = "auto" if device is None or str(device) == "auto" else str(dev)
+        lp = plan_memory(ckpt, quant=quant, device=asked, dtype=dtype, max_gpu_memory=max_gpu_memory,
+                         max_cpu_memory=max_cpu_memory, offload_dir=offload_dir, context=context)
+        if asked != "auto" and lp.plan.execution_device != asked and not (asked == "cuda" and lp.plan.execution_device == "cuda:0"):
+            raise PlacementError(f"{model_dir}: does not fit on {asked} "
+                                 f"({'; '.join(lp.plan.notes) or 'see steerling-lite plan'}); use --device auto or a smaller --quant")
+        model = load_planned(lp, offload_dir, progress)
         stats = LoadStats(time.perf_counter() - t0, ckpt.nbytes, psutil.Process().memory_info().rss)
-        return cls(model, dev, dt, Path(model_dir), stats)
+        return cls(model, torch.device(lp.plan.execution_device), lp.dtype, Path(model_dir), stats,
+                   quant_config=lp.quant, plan=lp)
 
     # ---- prompts -------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int] | Sequence[ChatMessage], chat: bool | None = None) -> list[int]:

@@ -6,15 +6,61 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from ..runtime import Steerling
 
 
+def size_arg(text: str) -> int:
+    """argparse type for ``6GiB`` / ``8GB`` / bytes."""
+    from quant.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model --device --dtype``: where the checkpoint is and where / how it runs."""
+    """``--model --device --dtype`` (where the checkpoint is and where / how it runs) and the
+    memory options ``--quant --max-gpu-memory --max-cpu-memory --offload-dir`` with the
+    quantization settings."""
+    from ..quantized import QUANT_MODES
+
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="weight precision; auto: bf16 on CUDA, fp32 on CPU when it fits in RAM, else bf16")
+                   help="precision of the unquantized weights; auto: bf16 on CUDA or when quantizing, "
+                        "fp32 on CPU when it fits in RAM, else bf16")
+    g = p.add_argument_group("memory (see `steerling-lite plan`)")
+    g.add_argument("--quant", default="auto", choices=QUANT_MODES,
+                   help="quantize the transformer blocks' linear layers (bitsandbytes); embeddings, norms, LM head "
+                        "and concept heads stay unquantized. auto (default): the best of bf16, int8, nf4 that runs "
+                        "without offloading, else the one that offloads least")
+    g.add_argument("--max-gpu-memory", type=size_arg, metavar="SIZE",
+                   help="GPU memory to use at most, e.g. 6GiB (default: what is free); the rest is offloaded")
+    g.add_argument("--max-cpu-memory", type=size_arg, metavar="SIZE",
+                   help="RAM to use at most, e.g. 16GiB (default: what is available minus 1 GiB)")
+    g.add_argument("--offload-dir", metavar="DIR",
+                   help="directory for disk offload of layers that fit neither on the GPU nor in RAM")
+    g.add_argument("--int8-threshold", type=float, default=6.0, metavar="T",
+                   help="int8: LLM.int8() outlier threshold (0 disables the fp16 outlier path; default 6)")
+    g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
+                   help="nf4/fp4: quantize the absmax statistics too (default on; saves ~0.37 bit per weight)")
+    g.add_argument("--compute-dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                   help="nf4/fp4: matmul dtype (default bf16)")
+
+
+def quant_arg(args: argparse.Namespace):
+    """``--quant`` with its settings: the mode string (``auto``/``none``) or a :class:`quant.QuantConfig`."""
+    from ..quantized import quant_config
+
+    mode = getattr(args, "quant", "auto")
+    if mode in ("auto", "none"):
+        return mode
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    return quant_config(mode, int8_threshold=args.int8_threshold, double_quant=args.double_quant,
+                        compute_dtype=dtypes[args.compute_dtype])
 
 
 def model_dir(args: argparse.Namespace) -> Path:
@@ -49,15 +95,23 @@ def load_model(args: argparse.Namespace, quiet: bool = False) -> Steerling:
             bar.total = total
             bar.update(done - bar.n)
     try:
-        lm = Steerling.load(path, device=args.device, dtype=args.dtype, progress=progress)
+        lm = Steerling.load(path, device=args.device, dtype=args.dtype, progress=progress, quant=quant_arg(args),
+                            max_gpu_memory=getattr(args, "max_gpu_memory", None),
+                            max_cpu_memory=getattr(args, "max_cpu_memory", None),
+                            offload_dir=getattr(args, "offload_dir", None))
     finally:
         if bar is not None:
             bar.close()
     if not quiet:
         st = lm.load_stats
         dtype = str(lm.dtype).removeprefix("torch.")
+        where = f"{dtype} on {lm.device}"
+        if lm.quant != "none":
+            where = f"{lm.quant} (rest {dtype}) on {lm.device}"
+        if lm.plan is not None:
+            where += f", {lm.plan.plan.split()}"
         print(
-            f"loaded {path} in {st.seconds:.2f} s: {fmt_bytes(st.file_bytes)} of weights, {dtype} on {lm.device}, "
+            f"loaded {path} in {st.seconds:.2f} s: {fmt_bytes(st.file_bytes)} of weights, {where}, "
             f"process RSS {fmt_bytes(st.rss_bytes)}",
             file=sys.stderr,
         )
