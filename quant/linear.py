@@ -92,6 +92,22 @@ class Int8Linear(QuantLinear):
         return out.to(x.dtype)
 
 
+class _PackedMatmul4bit(torch.autograd.Function):
+    """``y = layer(x)`` through bitsandbytes' CPU-packed 4-bit kernel (``gemv_4bit``, which has no
+    backward: autograd would return zero gradients) with ``∂L/∂x = ∂L/∂y · W``, W the layer's
+    dequantized weight, rebuilt at each backward (O(out x in), no matmul)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, layer: FourBitLinear) -> Tensor:
+        ctx.layer = layer
+        return layer._matmul(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        w = ctx.layer.dequantized_weight()
+        return (grad.float() @ w).to(grad.dtype), None
+
+
 class FourBitLinear(QuantLinear):
     """nf4 / fp4 linear layer (QLoRA blockwise 4-bit): tensors as in :meth:`QuantConfig.layout`.
 
@@ -134,10 +150,28 @@ class FourBitLinear(QuantLinear):
                 f"this {self.config.method} layer holds bitsandbytes' CPU-only packed layout and cannot run on {x.device}; "
                 "reload the model for that device instead of moving it"
             )
+        if self.cpu_packed and x.requires_grad and torch.is_grad_enabled():
+            return _PackedMatmul4bit.apply(x, self)  # the packed kernel has no backward
+        return self._matmul(x)
+
+    def _matmul(self, x: Tensor) -> Tensor:
         compute = torch.bfloat16 if self.cpu_packed else self.config.compute_dtype
         bias = self.bias.to(compute) if self.bias is not None else None
         out = _bnb().matmul_4bit(x.to(compute), self.weight, self.quant_state(), bias=bias)
         return out.to(x.dtype)
+
+    def dequantized_weight(self) -> Tensor:
+        """The dense weight ``(out, in)`` fp32 this layer multiplies by: ``code[q] * absmax`` of
+        each block (for the CPU-packed layout, its nibble order undone as bitsandbytes'
+        ``_convert_weight_packed_for_cpu_inverse`` does)."""
+        if not self.cpu_packed:
+            return _bnb().functional.dequantize_4bit(self.weight, self.quant_state()).float()
+        n, k, bs = self.out_features, self.in_features, self.config.blocksize
+        packed = self.weight.reshape(-1, 32)  # rows of 32 bytes: 32 low nibbles, then 32 high
+        codes = torch.cat([packed & 0xF, packed >> 4], dim=-1)  # (n/32 * k/2, 64)
+        codes = codes.reshape(n // 32, k // 2, 32, 2).transpose(1, 2).reshape(n, k)
+        scale = self.absmax.t().float().repeat_interleave(bs, dim=1)  # absmax is (k / blocksize, n)
+        return self.quant_map.float()[codes.long()] * scale
 
     def pack_for_cpu(self) -> bool:
         """Convert to bitsandbytes' AVX512-BF16 CPU layout when it applies: weights on the CPU,

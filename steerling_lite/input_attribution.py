@@ -18,8 +18,8 @@ that committed the token (injection at the masked positions with that step's alp
 concept interventions through the composed state), and the forward pass runs only up
 to the end of the target's attention block (later positions cannot reach it under
 block-causal attention). Quantized layers (bitsandbytes int8 / nf4) pass gradients to
-their inputs, so attribution works through them too (4-bit layers in bitsandbytes'
-CPU-packed layout have no backward kernel: see :class:`_DifferentiablePackedLayers`).
+their inputs, so attribution works through them too (:mod:`quant.linear` gives 4-bit
+layers in bitsandbytes' CPU-packed layout, whose kernel has no backward, one of their own).
 
 Under a concept intervention the logit depends on the input only through the concept
 heads' weights and their top-k selection, which is piecewise constant along the path, so
@@ -180,62 +180,6 @@ def _trace_of(source) -> GenerationTrace:
     raise TypeError(f"expected a GenerationTrace, ConceptAttribution or ExplainedStream, got {type(source).__name__}")
 
 
-class _PackedLinearGrad(torch.autograd.Function):
-    """``y = layer(x)`` with the layer's own forward and ``∂L/∂x = ∂L/∂y · W``, ``W`` its effective
-    dense weight ``(out, in)``. For layers whose kernel has no backward (bitsandbytes' CPU-packed
-    4-bit ``gemv_4bit``: autograd would silently return zero gradients)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, layer, weight_of) -> Tensor:
-        ctx.layer, ctx.weight_of, ctx.in_dtype = layer, weight_of, x.dtype
-        return type(layer).forward(layer, x)  # the class's forward: the instance's is this wrapper
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        w = ctx.weight_of(ctx.layer)
-        return (grad.to(w.dtype) @ w).to(ctx.in_dtype), None, None
-
-
-class _DifferentiablePackedLayers:
-    """Within this context, layers flagged ``cpu_packed`` (4-bit layers in bitsandbytes' CPU-only
-    packed layout, :mod:`quant.linear`) pass gradients to their inputs: their effective weight is
-    read once per context by running the layer on an identity matrix (``W^T = layer(I) - b``,
-    exactly the weight the forward uses) and kept until the context ends."""
-
-    def __init__(self, model):
-        self.layers = [m for m in model.modules() if getattr(m, "cpu_packed", False) and hasattr(m, "in_features")]
-        self._weights: dict[int, Tensor] = {}
-
-    def weight_of(self, layer) -> Tensor:
-        key = id(layer)
-        if key not in self._weights:
-            with torch.no_grad():
-                dtype = torch.bfloat16
-                cols = []
-                n_in = layer.in_features
-                for i in range(0, n_in, 1024):
-                    m = min(1024, n_in - i)
-                    eye = torch.zeros(m, n_in, dtype=dtype, device=layer.weight.device)
-                    eye[torch.arange(m), torch.arange(i, i + m)] = 1.0  # rows i..i+m of the identity
-                    out = type(layer).forward(layer, eye).float()
-                    if layer.bias is not None:
-                        out = out - layer.bias.float()
-                    cols.append(out)
-                self._weights[key] = torch.cat(cols).t().contiguous()  # (out, in)
-        return self._weights[key]
-
-    def __enter__(self):
-        for m in self.layers:
-            m.forward = lambda x, _m=m: _PackedLinearGrad.apply(x, _m, self.weight_of)
-        return self
-
-    def __exit__(self, *exc):
-        for m in self.layers:
-            m.__dict__.pop("forward", None)
-        self._weights.clear()
-        return False
-
-
 def _usable_rope(transformer) -> None:
     """RoPE tables cached during generation were made under ``torch.inference_mode`` and cannot
     be saved for backward; replace them with ordinary copies (same values)."""
@@ -303,7 +247,7 @@ def input_attribution(
     f_x = torch.zeros(N)
     f_0 = torch.zeros(N)
 
-    with torch.inference_mode(False), torch.enable_grad(), _DifferentiablePackedLayers(model):
+    with torch.inference_mode(False), torch.enable_grad():
         _usable_rope(tf)
         for step, group in sorted(by_step.items()):
             st = trace.steps[step]

@@ -310,3 +310,31 @@ def test_non_interpretable_checkpoint_quantizes_and_prequantizes(make_ckpt, tmp_
     b = Steerling.load(out, device="cpu")
     assert b.quant == "nf4" and a.model.known_head is None
     assert a.generate(PROMPT, GREEDY).token_ids == b.generate(PROMPT, GREEDY).token_ids
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_four_bit_layer_passes_gradients_to_its_input(packed):
+    """Integrated gradients need ∂y/∂x through 4-bit layers; bitsandbytes' CPU-packed kernel has
+    no backward of its own, so the layer supplies ``∂L/∂x = ∂L/∂y · W`` from its dequantized W."""
+    import bitsandbytes.functional as F
+
+    if packed and not F.has_avx512bf16():
+        pytest.skip("this CPU has no AVX512-BF16: the CPU layout is not used")
+    cfg = QuantConfig("nf4", double_quant=True)
+    w = torch.randn(96, 128, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    layer = FourBitLinear(128, 96, False, cfg, device="cpu")
+    for k, v in quantize_weight(w, cfg).items():
+        layer._parameters[k] = nn.Parameter(v, requires_grad=False)
+    unpacked_w = layer.dequantized_weight()
+    assert (unpacked_w - w.float()).abs().max() < 0.25 * w.float().abs().max()  # it is w, quantized
+    if packed:
+        assert layer.pack_for_cpu()
+        assert torch.allclose(layer.dequantized_weight(), unpacked_w, rtol=1e-2, atol=1e-3)  # bf16 absmax
+    x = torch.randn(5, 128, dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    assert torch.allclose(y.float(), x.detach().float() @ layer.dequantized_weight().t(), rtol=0.05, atol=0.05)
+    g = torch.randn_like(y)
+    (grad,) = torch.autograd.grad((y * g).sum(), x)
+    want = g.float() @ layer.dequantized_weight()
+    assert grad.abs().max() > 0
+    assert torch.allclose(grad.float(), want, rtol=0.02, atol=0.02)
