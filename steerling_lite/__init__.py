@@ -1,7 +1,7 @@
 """steerling-lite: a local runtime for Steerling, the interpretable causal diffusion language model."""
 
 from .config import ConceptConfig, SteerlingConfig, load_config
-from .errors import CheckpointError, ConfigError, GenerationError, SteerlingError
+from .errors import CheckpointError, ConfigError, GenerationError, PlacementError, SteerlingError
 from .generate import Generation, GenerationConfig, GenerationResult, StepEvent
 from .runtime import Steerling
 from .steering import SteeringPlan
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Steerling", "GenerationConfig", "GenerationResult", "Generation", "StepEvent",
     "SteeringPlan", "SteerlingConfig", "ConceptConfig", "load_config", "ChatMessage",
-    "SteerlingTokenizer", "SteerlingError", "ConfigError", "CheckpointError", "GenerationError",
+    "SteerlingTokenizer", "SteerlingError", "ConfigError", "CheckpointError", "GenerationError", "PlacementError",
 ]
 __all__ += [
     "explain", "explain_stream", "ExplainedStream", "ExplainedStep", "AttributionRecorder", "ConceptAttribution",

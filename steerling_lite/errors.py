@@ -17,3 +17,7 @@ class CheckpointError(SteerlingError, ValueError):
 
 class GenerationError(SteerlingError, ValueError):
     """Generation settings that cannot be honoured (context overflow, bad step counts, ...)."""
+
+
+class PlacementError(SteerlingError, RuntimeError):
+    """The model cannot be placed within the memory available (or where it was asked to run)."""

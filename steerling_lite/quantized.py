@@ -47,7 +47,7 @@ from .checkpoint import (
     open_checkpoint, read_order,
 )
 from .config import SteerlingConfig
-from .errors import CheckpointError, SteerlingError
+from .errors import CheckpointError, PlacementError
 from .kv_cache import KVCache
 from .model import SteerlingModel
 
@@ -59,10 +59,6 @@ HOST_BASELINE = 512 * MiB  # RSS after importing torch, bitsandbytes, accelerate
 QUANT_TEMP_BYTES_PER_WEIGHT = 14  # bitsandbytes' CPU quantize_4bit temporaries (measured; int8: ~10)
 TRIM_EVERY = 16  # tensors loaded between two release_free_memory() calls
 SHORT_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-
-class PlacementError(SteerlingError, RuntimeError):
-    """The model cannot be placed within the memory available (or where it was asked to run)."""
 
 
 def quant_config(method: str, *, int8_threshold: float = 6.0, double_quant: bool = True,
@@ -256,7 +252,7 @@ class LoadPlan:
 
     def summary_lines(self) -> list[str]:
         """The plan as ``steerling-lite plan`` prints it."""
-        ck, cfg, mem = self.checkpoint, self.checkpoint.config, self.memory
+        ck, mem = self.checkpoint, self.memory
         n_params = sum(_numel(t.shape) for t in ck.tensors.values()) if ck.prequant is None else None
         size = f"{n_params / 1e9:.2f} B parameters, " if n_params else ""
         lines = [f"model: {ck.path} ({size}{format_size(ck.nbytes)} of weights on disk"

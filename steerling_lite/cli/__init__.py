@@ -7,15 +7,10 @@ import sys
 from importlib.metadata import entry_points
 
 from ..errors import SteerlingError
-from . import generate, info
-from . import concepts, explain, steer
+from . import concepts, explain, generate, info, plan, quantize, steer
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
-COMMAND_MODULES = [generate, info]
-COMMAND_MODULES += [explain, steer, concepts]
-from . import plan, quantize  # noqa: E402  (issue 3: memory plan, pre-quantized checkpoints)
-
-COMMAND_MODULES += [plan, quantize]
+COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts]
 
 
 def build_parser() -> argparse.ArgumentParser:
