@@ -64,7 +64,10 @@ def sorted_prefix(probs: Tensor, top_p: float) -> tuple[Tensor, Tensor, Tensor]:
         cumulative = torch.cumsum(values, dim=-1)
         if bool((cumulative[:, -2] > top_p + 1e-6).all()):  # one host sync per step, not per token
             return values, indices, cumulative
-        m *= 8
+        # the rest of a sorted row is no larger than its head, so the nucleus needs at least
+        # m * top_p / mass(head) entries: jump there (flat rows go straight to the full sort)
+        need = m * top_p / max(float(cumulative[:, -1].min()), 1e-12)
+        m = int(max(8 * m, 2 * need))
     values, indices = torch.sort(probs, dim=-1, descending=True)
     return values, indices, torch.cumsum(values, dim=-1)
 
