@@ -375,10 +375,11 @@ class Generation:
                 if self.capture_hidden:
                     rows_sel = sel[:n]
                     event.hidden = hidden[0, rows_sel]
-                    # the raw logits of the committed tokens, recomputed for these n rows only
-                    # (the step's logits were processed in place)
-                    raw = _guided(model.lm_logits(composed[:, rows_sel]), gc.cfg_scale)[0].float()
-                    event.logits = raw.gather(-1, new_tokens[:n, None]).squeeze(-1)
+                    # the raw logit of each committed token (the step's logits were processed in
+                    # place): one dot product per token, not another pass over the LM head
+                    w = model.lm_head_weight[new_tokens[:n]].to(composed.dtype)
+                    raw = torch.einsum("bnd,nd->bn", composed[:, rows_sel], w).unsqueeze(-1)
+                    event.logits = _guided(raw, gc.cfg_scale)[0, :, 0].float()
                 step += 1
                 yield event
                 if eot_at is not None:
