@@ -41,7 +41,7 @@ SteeringMode = Literal["amplify", "suppress", "intervene"]
 
 # The reference presets' defaults (steerling==0.2.0 SteeringConfig.injection / injection_relu).
 AMPLIFY_TARGET = 8.0
-AMPLIFY_INJECT_LAYER = 8
+AMPLIFY_INJECT_LAYER = 8  # of Steerling-8B's 32 layers: a quarter of the depth
 SUPPRESS_ALPHA = -7.0
 RELU_STRENGTH = 20.0
 CUTOFF_TOKENS = 32
@@ -349,12 +349,15 @@ class SteeringBuilder:
         return self._cached(self._relu, int(concept_id), lambda: relu_logit_mask(self.model, {int(concept_id): 1.0}))
 
     def default_inject_layer(self, steerings: Iterable[Steering]) -> int:
-        """The presets' layer, capped at the model's depth: 8 (amplify) when any concept is
-        amplified, else ``n_layers // 2`` (suppress)."""
+        """The presets' layer: when any concept is amplified, the amplify preset's layer 8 of
+        Steerling-8B's 32 scaled to the model's depth (``round(n_layers / 4)``, at least 1: 8 for
+        the 8B; the preset's fixed 8 would inject nothing into a model of fewer layers), else the
+        suppress preset's ``n_layers // 2``."""
         n = self.model.cfg.n_layers
         modes = {s.mode for s in steerings}
-        layer = AMPLIFY_INJECT_LAYER if "amplify" in modes else n // 2
-        return min(layer, n)
+        if "amplify" in modes:
+            return max(1, round(n * AMPLIFY_INJECT_LAYER / 32))
+        return n // 2
 
     def validate(self, steerings: Iterable[Steering]) -> list[Steering]:
         """The specs, checked: modes, ids, finite strengths, no concept steered twice the same way.

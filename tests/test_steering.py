@@ -37,9 +37,10 @@ def test_builder_specs_equal_the_reference_presets(tiny16):
     assert amp.inject_layer == 1 and amp.logit_offset is None
     assert sup.inject_layer == lm.config.n_layers // 2 == ref_sup.inject_layer
     assert torch.equal(sup.logit_offset, ref_sup.logit_offset)
-    # defaults: the presets' strengths; the amplify layer (8) capped at the model's depth
+    # defaults: the presets' strengths; the amplify layer (8 of 32) scaled to the model's depth
     d = b.build([Steering(3)])
-    assert d.terms[0].alpha == pytest.approx(8.0 / b.direction((3,))[1]) and d.inject_layer == lm.config.n_layers
+    assert d.terms[0].alpha == pytest.approx(8.0 / b.direction((3,))[1])
+    assert d.inject_layer == max(1, round(lm.config.n_layers / 4))
     assert b.build([Steering(5, "suppress")]).terms[0].alpha == -7.0
 
 

@@ -40,8 +40,8 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--intervene", action="append", default=[], type=_spec("intervene", True), metavar="ID=WEIGHT",
                    help="set a known concept's weight (activation, e.g. 0..1) at the generated positions; repeatable")
     g.add_argument("--inject-layer", type=int, metavar="N",
-                   help="inject after transformer layers >= N (default: 8 when amplifying, else n_layers // 2, "
-                        "capped at the model's depth)")
+                   help="inject after transformer layers >= N (default when amplifying: round(n_layers / 4), "
+                        "8 for Steerling-8B as in the reference's preset; else n_layers // 2)")
 
 
 def steerings_from_args(args: argparse.Namespace) -> list[Steering]:
