@@ -16,8 +16,6 @@ Default: the tiny preset, fp32, CPU, a 64-token prompt, 128 new tokens, one step
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,35 +24,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-import torch  # noqa: E402
+from _common import machine, prompt_ids  # noqa: E402
 
 from steerling_lite import (  # noqa: E402
     ConceptCatalog, GenerationConfig, Steerling, explain, explain_stream, input_attribution,
 )
 from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
-
-TEXT = (
-    "The river wound through the valley, past the mill and the old stone bridge, where children "
-    "gathered in summer to watch the boats drift by. In the evenings the town grew quiet, and the "
-    "lamps along the quay were lit one by one as the fishermen came home with their nets. "
-)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ""
-    if hasattr(os, "getloadavg"):
-        load = f", load average {os.getloadavg()[0]:.1f}"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){load}"
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory()
         model_dir = write_random_checkpoint(Path(tmp.name) / "tiny", preset_config("tiny"), seed=0)
     lm = Steerling.load(model_dir, device=args.device, dtype=args.dtype, quant=args.quant)
-    ids = lm.tokenizer.encode(TEXT * (args.prompt_tokens // 20 + 1))[: args.prompt_tokens]
+    ids = prompt_ids(lm.tokenizer, args.prompt_tokens)
     steps = args.steps or args.new_tokens
     cfg = GenerationConfig(max_new_tokens=args.new_tokens, steps=steps, seed=args.seed)
     catalog = ConceptCatalog.for_model(lm)  # read once, as an app would

@@ -13,7 +13,6 @@ Markdown table row for BENCHMARKS.md. Default: the tiny preset, a 256-token prom
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,33 +21,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from _common import machine, prompt_ids  # noqa: E402
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
 from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
 from tests.oracle import load_reference, reference_generation_config  # noqa: E402
-
-TEXT = (
-    "The river wound through the valley, past the mill and the old stone bridge, where children "
-    "gathered in summer to watch the boats drift by. In the evenings the town grew quiet, and the "
-    "lamps along the quay were lit one by one as the fishermen came home with their nets. "
-)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or args.new_tokens
 
     lm = Steerling.load(model_dir, device=args.device, dtype=dtype)
-    ids = lm.tokenizer.encode(TEXT * (args.prompt_tokens // 20 + 1))[: args.prompt_tokens]
+    ids = prompt_ids(lm.tokenizer, args.prompt_tokens)
     greedy = args.sampling == "greedy"
     ours_cfg = GenerationConfig(max_new_tokens=args.new_tokens, steps=steps, seed=args.seed,
                                 temperature=0.0 if greedy else 1.2, entropy_sampling=not greedy)

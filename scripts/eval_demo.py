@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import sys
 import time
@@ -51,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, replace_section  # noqa: E402
 from prepare_data import DEFAULT_WORDNET_DIR, Lexicon, load_exceptions, load_wordnet  # noqa: E402
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
@@ -99,20 +99,6 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def concept_kind(name: str) -> str:
     return "topic" if name.startswith("topic:") else "category" if name.startswith("category:") else "lexicographer file"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 @dataclass
@@ -413,16 +399,6 @@ def markdown(res: dict, heading: str = "###") -> str:
 def _clip(text: str, n: int = 110) -> str:
     text = " ".join(text.split()).replace("`", "'")
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def replace_section(text: str, start: str, end: str, body: str) -> str:
-    """Replace what lies between the markers (append the block if absent)."""
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        return head + block + tail
-    return text.rstrip() + "\n\n" + block + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

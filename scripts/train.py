@@ -52,7 +52,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from steerling_lite.atomic import atomic_directory
 from steerling_lite.checkpoint import expected_shapes, file_name
 from steerling_lite.config import BASE_VOCAB_SIZE, ConceptConfig, SteerlingConfig, validate_config
 from steerling_lite.model import SteerlingModel
@@ -571,16 +571,6 @@ def discovered_rows(model: SteerlingModel, corpus: Corpus, tok: SteerlingTokeniz
 TRAINING_START, TRAINING_END = "<!-- training:start -->", "<!-- training:end -->"
 
 
-def replace_section(text: str, start: str, end: str, body: str) -> str:
-    """Replace what lies between the ``start``/``end`` markers (append the block if absent)."""
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        return head + block + tail
-    return text.rstrip() + "\n\n" + block + "\n"
-
-
 def export(
     model: SteerlingModel, corpus: Corpus, rc: RunConfig, out_dir: Path, history: dict[str, list],
     plot: Path | None, summary: str,
@@ -591,15 +581,14 @@ def export(
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import replace_section
     from prepare_data import LABEL_COLUMNS, labels_frame
 
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[rc.output.torch_dtype]
     cfg_full = steerling_config(rc.model, corpus.n_concepts, torch_dtype=rc.output.torch_dtype)
     tensors = full_vocab_state(model, corpus, cfg_full, dtype)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, replace=True) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg_full.to_dict(), indent=2) + "\n")
         known = pd.read_parquet(corpus.data_dir / "known_concepts.parquet")[LABEL_COLUMNS]
@@ -611,17 +600,6 @@ def export(
         old_card = out_dir / CARD_FILE
         card = old_card.read_text(encoding="utf-8") if old_card.is_file() else "# Model card\n"
         (tmp / CARD_FILE).write_text(replace_section(card, TRAINING_START, TRAINING_END, summary), encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -41,7 +41,6 @@ from .attribution_result import (
     ConceptContribution,
     TokenAttribution,
     VerificationResult,
-    atomic_write_text,
     make_record,
 )
 from .concepts import ConceptCatalog, ConceptError, require_interpretable
@@ -440,5 +439,5 @@ def explain(
 __all__ = [
     "ConceptContribution", "TokenAttribution", "VerificationResult", "StepTrace", "GenerationTrace",
     "ConceptAttribution", "AttributionRecorder", "ExplainedStep", "ExplainedStream", "explain_stream",
-    "explain", "attribute_hidden", "atomic_write_text",
+    "explain", "attribute_hidden",
 ]

@@ -8,8 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .atomic import write_text_atomic
 from .concepts import ConceptCatalog
 from .generate import GenerationResult
 from .trace import GenerationTrace
@@ -292,7 +291,7 @@ class ConceptAttribution:
         """The :meth:`to_dict` as JSON text; written atomically to ``path`` when given."""
         text = json.dumps(self.to_dict(top), indent=indent, allow_nan=False)
         if path is not None:
-            atomic_write_text(path, text + "\n")
+            write_text_atomic(path, text + "\n")
         return text
 
     CSV_COLUMNS = ("position", "index", "step", "token_id", "token", "logit", "part", "head", "concept_id",
@@ -314,7 +313,7 @@ class ConceptAttribution:
                 w.writerow(base + [part, "", "", "", "", _f(v)])
         text = buf.getvalue()
         if path is not None:
-            atomic_write_text(path, text)
+            write_text_atomic(path, text)
         return text
 
 
@@ -338,20 +337,3 @@ def make_record(a: ConceptAttribution, i: int) -> TokenAttribution:
         discovered=concepts(a.disc_ids[i], a.disc_weights[i], a.disc_contrib[i], "discovered"),
         known_tail=float(a.known_tail[i]), discovered_tail=float(a.discovered_tail[i]), epsilon=float(a.epsilon[i]),
     )
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -22,9 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,7 @@ from quant.memory import GiB, MiB, release_free_memory
 from quant.planner import CPU_HEADROOM
 from quant.prequant import PrequantInfo, check_versions, file_metadata, library_versions, QUANTIZE_CONFIG
 
+from .atomic import atomic_directory
 from .checkpoint import (
     INDEX_FILE, SINGLE_FILE, TORCH_DTYPES, Checkpoint, Progress, file_name, iter_tensors, load_model, meta_model,
     open_checkpoint, read_order,
@@ -539,11 +538,9 @@ def write_prequantized(
         shard_of[name] = n_shards - 1
         acc += n
     names = [SINGLE_FILE] if n_shards == 1 else [f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors" for i in range(n_shards)]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     from safetensors.torch import save_file
 
-    try:
+    with atomic_directory(out_dir) as tmp:
         dev = torch.device(device)
         pending: dict[str, torch.Tensor] = {}
         current = 0
@@ -587,13 +584,4 @@ def write_prequantized(
             total = sum(n for _, n in sizes)
             (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
                                                      indent=2) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the checkpoint is an ordinary directory
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

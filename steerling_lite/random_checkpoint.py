@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from .atomic import atomic_directory
 from .checkpoint import INDEX_FILE, SINGLE_FILE, expected_shapes, file_name
 from .config import INSTRUCT_VOCAB_SIZE, BASE_VOCAB_SIZE, ConceptConfig, SteerlingConfig, validate_config
 
@@ -115,9 +114,7 @@ def write_random_checkpoint(
         ``out_dir``.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, replace=True) as tmp:
         shapes = expected_shapes(cfg)
         gen = torch.Generator().manual_seed(seed)
         elem = torch.empty((), dtype=dtype).element_size()
@@ -132,7 +129,7 @@ def write_random_checkpoint(
         weight_map: dict[str, str] = {}
         total = 0
 
-        def flush(last: bool) -> None:
+        def flush() -> None:
             nonlocal shard_bytes
             if not shards[-1]:
                 return
@@ -149,11 +146,11 @@ def write_random_checkpoint(
             t = random_tensor(param, shapes[param], cfg, gen, dtype, embedding_std)
             nbytes = t.numel() * elem
             if max_shard_bytes is not None and shard_bytes and shard_bytes + nbytes > max_shard_bytes:
-                flush(False)
+                flush()
             shards[-1][file_name(cfg, param)] = t
             shard_bytes += nbytes
             total += nbytes
-        flush(True)
+        flush()
         if max_shard_bytes is not None:
             # rename shards to the HF pattern model-0000i-of-0000n.safetensors
             n = len(files)
@@ -163,15 +160,4 @@ def write_random_checkpoint(
             index = {"metadata": {"total_size": total}, "weight_map": {k: renamed[v] for k, v in weight_map.items()}}
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2))
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private
-        for f in tmp.iterdir():
-            os.chmod(f, 0o666 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -9,7 +9,8 @@ import pytest
 
 from steerling_lite import GenerationError
 from tui.backend import BackendError, Catalog, ConceptSpec, Sampling, parse_size
-from tui.export import export_session, session_to_dict, session_to_markdown, write_atomic
+from steerling_lite.atomic import write_text_atomic
+from tui.export import export_session, session_to_dict, session_to_markdown
 from tui.store import SCHEMA_VERSION, Attribution, Session, Store, StoreError, Turn
 
 
@@ -125,7 +126,7 @@ def test_export_writes_atomically(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(OSError):
-        write_atomic(blocker / "x.md", "text")
+        write_text_atomic(blocker / "x.md", "text")
 
 
 def test_parse_size():

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from steerling_lite.atomic import write_text_atomic
 from .store import Session
 
 EXPORT_FORMATS = ("markdown", "json")
@@ -110,30 +109,6 @@ def session_to_markdown(session: Session) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    Raises:
-        OSError: the folder cannot be created or written.
-    """
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
 def export_session(session: Session, path: str | Path, fmt: str) -> Path:
     """Write ``session`` to ``path`` as ``markdown`` or ``json``; returns the path written.
 
@@ -143,4 +118,4 @@ def export_session(session: Session, path: str | Path, fmt: str) -> Path:
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     text = session_to_markdown(session) if fmt == "markdown" else session_to_json(session)
-    return write_atomic(path, text)
+    return write_text_atomic(path, text)
