@@ -53,3 +53,15 @@ def test_errors_exit_2_with_a_message(tiny_ckpt, capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(match, err)
+
+
+def test_info_of_a_prequantized_checkpoint_counts_parameters_not_packed_bytes(tiny_ckpt, tmp_path, capsys):
+    assert main(["quantize", "--model", str(tiny_ckpt), "--quant", "nf4", "--out", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    main(["info", "--model", str(tiny_ckpt), "--json"])
+    plain = json.loads(capsys.readouterr().out)
+    main(["info", "--model", str(tmp_path / "q"), "--json"])
+    quant = json.loads(capsys.readouterr().out)
+    assert quant["total_params"] == plain["total_params"]
+    assert quant["parts"]["transformer"]["bytes"] < plain["parts"]["transformer"]["bytes"] / 2
+    assert quant["prequantized"].startswith("nf4")

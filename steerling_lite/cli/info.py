@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-from ..checkpoint import open_checkpoint
+from ..checkpoint import expected_shapes, open_checkpoint
 from ..model import param_part
 from .common import fmt_bytes, model_dir
 
@@ -23,13 +22,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt = open_checkpoint(path)  # reads headers only
     cfg = ckpt.config
     parts: dict[str, dict[str, int]] = {}
-    for name, info in ckpt.tensors.items():
+    for name, shape in expected_shapes(cfg).items():  # the model's parameters (also when stored quantized)
         n = 1
-        for d in info.shape:
+        for d in shape:
             n *= d
-        acc = parts.setdefault(param_part(name), {"params": 0, "bytes": 0})
-        acc["params"] += n
-        acc["bytes"] += info.nbytes
+        parts.setdefault(param_part(name), {"params": 0, "bytes": 0})["params"] += n
+    for name, info in ckpt.tensors.items():  # the bytes stored on disk
+        parts[param_part(name)]["bytes"] += info.nbytes
     total_params = sum(p["params"] for p in parts.values())
     total_bytes = sum(p["bytes"] for p in parts.values())
     dtypes = sorted({i.dtype for i in ckpt.tensors.values()})
@@ -37,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({
             "path": str(path), "schema": cfg.schema, "config": cfg.to_dict(), "files": [f.name for f in ckpt.files],
             "dtypes": dtypes, "parts": parts, "total_params": total_params, "total_bytes": total_bytes,
+            "prequantized": ckpt.prequant.config.describe() if ckpt.prequant is not None else None,
         }, indent=2))
         return 0
     kind = "instruct" if cfg.instruct else "base"
     print(f"{path}  ({cfg.schema} config, {kind}, {'interpretable' if cfg.interpretable else 'not interpretable'})")
     print(f"  files: {', '.join(f.name for f in ckpt.files)}  dtype: {', '.join(dtypes)}")
+    if ckpt.prequant is not None:
+        print(f"  pre-quantized: {ckpt.prequant.config.describe()} (transformer block linear layers)")
     print(f"  layers {cfg.n_layers}, n_embd {cfg.n_embd}, heads {cfg.n_head} (kv {cfg.kv_heads}), "
           f"mlp {cfg.mlp_type} {cfg.mlp_hidden}, context {cfg.block_size}, diffusion block {cfg.diff_block_size}, "
           f"vocab {cfg.vocab_size}")
