@@ -22,11 +22,13 @@ from textual.widgets import Input  # noqa: E402
 from steerling_lite.default_model import ensure_default_model  # noqa: E402
 from tui.app import SteerlingApp  # noqa: E402
 from tui.screens import ChatScreen  # noqa: E402
+from tui.widgets.steering import ConceptRow  # noqa: E402
 
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("tui.svg"))
 PROMPT = sys.argv[2] if len(sys.argv) > 2 else "A river is"
 CONCEPT = sys.argv[3] if len(sys.argv) > 3 else "water"
 SIZE = (100, 30)
+STRENGTH = 3.0
 
 
 async def wait_for(pilot, cond, timeout: float = 300.0) -> None:
@@ -45,7 +47,9 @@ async def main() -> None:
         chat.query_one("#set-seed", Input).value = "3"
         await pilot.press("f3", *CONCEPT)
         await pilot.pause(0.2)
-        await pilot.press("enter")  # steer the best match at +8
+        await pilot.press("enter")  # steer the best match (at +8) ...
+        chat.query_one(ConceptRow).strength = STRENGTH  # ... then gently: the small model drowns at +8
+        await pilot.pause(0.2)
         prompt = chat.query_one("#prompt")
         prompt.focus()
         prompt.load_text(PROMPT)
