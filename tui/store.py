@@ -223,25 +223,32 @@ class Store:
         """Insert or update ``session``'s own fields (not its turns); sets and returns ``session.id``."""
         now = time.time()
         with self.transaction() as c:
-            if session.id is None:
-                session.created_at = session.created_at or now
-                cur = c.execute(
-                    "INSERT INTO sessions (title, model, system, settings, steering, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (session.title, session.model, session.system, _dump(session.settings),
-                     _dump(session.steering), session.created_at, now),
-                )
-                session.id = int(cur.lastrowid)
-            else:
-                cur = c.execute(
-                    "UPDATE sessions SET title=?, model=?, system=?, settings=?, steering=?, updated_at=? WHERE id=?",
-                    (session.title, session.model, session.system, _dump(session.settings),
-                     _dump(session.steering), now, session.id),
-                )
-                if cur.rowcount != 1:
-                    raise StoreError(f"{self.path}: session {session.id} no longer exists")
+            self._upsert_session(c, session, now)
         session.updated_at = now
         return session.id
+
+    def _upsert_session(self, c: sqlite3.Connection, session: Session, now: float) -> None:
+        """Insert ``session`` (setting its id) or update its row, inside the caller's transaction.
+
+        Raises:
+            StoreError: the session has an id but its row is gone.
+        """
+        fields = (session.title, session.model, session.system, _dump(session.settings), _dump(session.steering))
+        if session.id is None:
+            session.created_at = session.created_at or now
+            cur = c.execute(
+                "INSERT INTO sessions (title, model, system, settings, steering, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*fields, session.created_at, now),
+            )
+            session.id = int(cur.lastrowid)
+            return
+        cur = c.execute(
+            "UPDATE sessions SET title=?, model=?, system=?, settings=?, steering=?, updated_at=? WHERE id=?",
+            (*fields, now, session.id),
+        )
+        if cur.rowcount != 1:
+            raise StoreError(f"{self.path}: session {session.id} no longer exists")
 
     def add_turn(self, session: Session, turn: Turn) -> int:
         """Append ``turn`` to ``session`` (saving the session first if new), in one transaction
@@ -249,20 +256,7 @@ class Store:
         now = time.time()
         turn.created_at = turn.created_at or now
         with self.transaction() as c:
-            if session.id is None:
-                session.created_at = session.created_at or now
-                cur = c.execute(
-                    "INSERT INTO sessions (title, model, system, settings, steering, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (session.title, session.model, session.system, _dump(session.settings),
-                     _dump(session.steering), session.created_at, now),
-                )
-                session.id = int(cur.lastrowid)
-            else:
-                c.execute(
-                    "UPDATE sessions SET title=?, system=?, settings=?, steering=?, updated_at=? WHERE id=?",
-                    (session.title, session.system, _dump(session.settings), _dump(session.steering), now, session.id),
-                )
+            self._upsert_session(c, session, now)
             position = c.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id=?", (session.id,)
             ).fetchone()[0]
