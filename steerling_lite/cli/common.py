@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import Progress
 from ..runtime import Steerling
 
 
@@ -43,11 +46,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="RAM to use at most, e.g. 16GiB (default: what is available minus 1 GiB)")
     g.add_argument("--offload-dir", metavar="DIR",
                    help="directory for disk offload of layers that fit neither on the GPU nor in RAM")
+    add_quant_settings(g)
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def add_quant_settings(g) -> None:
+    """``--int8-threshold --double-quant --compute-dtype``: the settings of a quantization method."""
     g.add_argument("--int8-threshold", type=float, default=6.0, metavar="T",
                    help="int8: LLM.int8() outlier threshold (0 disables the fp16 outlier path; default 6)")
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
                    help="nf4/fp4: quantize the absmax statistics too (default on; saves ~0.37 bit per weight)")
-    g.add_argument("--compute-dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+    g.add_argument("--compute-dtype", default="bf16", choices=list(DTYPES),
                    help="nf4/fp4: matmul dtype (default bf16)")
 
 
@@ -58,9 +69,29 @@ def quant_arg(args: argparse.Namespace):
     mode = getattr(args, "quant", "auto")
     if mode in ("auto", "none"):
         return mode
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     return quant_config(mode, int8_threshold=args.int8_threshold, double_quant=args.double_quant,
-                        compute_dtype=dtypes[args.compute_dtype])
+                        compute_dtype=DTYPES[args.compute_dtype])
+
+
+@contextmanager
+def byte_progress(desc: str, enabled: bool = True) -> Iterator[Progress | None]:
+    """A tqdm bar in bytes on stderr (only when stderr is a terminal), as a loader ``progress``
+    callback ``(bytes_done, bytes_total, tensor_name)``; None when disabled."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int, name: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
 
 
 def model_dir(args: argparse.Namespace) -> Path:
@@ -84,24 +115,11 @@ def fmt_bytes(n: float) -> str:
 def load_model(args: argparse.Namespace, quiet: bool = False) -> Steerling:
     """Load ``--model`` with a progress bar on stderr and a one-line summary after."""
     path = model_dir(args)
-    bar = None
-    progress = None
-    if not quiet and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="loading", file=sys.stderr, leave=False)
-
-        def progress(done: int, total: int, name: str) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-    try:
+    with byte_progress("loading", enabled=not quiet) as progress:
         lm = Steerling.load(path, device=args.device, dtype=args.dtype, progress=progress, quant=quant_arg(args),
                             max_gpu_memory=getattr(args, "max_gpu_memory", None),
                             max_cpu_memory=getattr(args, "max_cpu_memory", None),
                             offload_dir=getattr(args, "offload_dir", None))
-    finally:
-        if bar is not None:
-            bar.close()
     if not quiet:
         st = lm.load_stats
         dtype = str(lm.dtype).removeprefix("torch.")

@@ -6,9 +6,7 @@ import argparse
 import sys
 import time
 
-import torch
-
-from .common import fmt_bytes, model_dir, size_arg
+from .common import DTYPES, add_quant_settings, byte_progress, fmt_bytes, model_dir, quant_arg, size_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--quant", required=True, choices=["int8", "nf4", "fp4"], help="quantization method")
     p.add_argument("--out", required=True, metavar="DIR", help="the new checkpoint directory (must not exist)")
-    p.add_argument("--int8-threshold", type=float, default=6.0, metavar="T",
-                   help="int8: LLM.int8() outlier threshold (0 disables the fp16 outlier path; default 6)")
-    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
-                   help="nf4/fp4: quantize the absmax statistics too (default on)")
-    p.add_argument("--compute-dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
-                   help="nf4/fp4: matmul dtype recorded with the checkpoint (default bf16)")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+    add_quant_settings(p)
+    p.add_argument("--dtype", default="bf16", choices=list(DTYPES),
                    help="dtype of the unquantized tensors (default bf16)")
     p.add_argument("--shard-size", type=size_arg, default=2 * 2**30, metavar="SIZE",
                    help="largest safetensors file (default 2GiB)")
@@ -31,33 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quantized import quant_config, write_prequantized
+    from ..quantized import write_prequantized
     from ..runtime import resolve_device
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    config = quant_config(args.quant, int8_threshold=args.int8_threshold, double_quant=args.double_quant,
-                          compute_dtype=dtypes[args.compute_dtype])
+    config = quant_arg(args)
     device = resolve_device(args.device)
-    bar = None
-    progress = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="quantizing", file=sys.stderr, leave=False)
-
-        def progress(done: int, total: int, name: str) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
     t0 = time.perf_counter()
     try:
-        out = write_prequantized(model_dir(args), args.out, config, shard_bytes=args.shard_size,
-                                 dtype=dtypes[args.dtype], device=device, progress=progress)
+        with byte_progress("quantizing") as progress:
+            out = write_prequantized(model_dir(args), args.out, config, shard_bytes=args.shard_size,
+                                     dtype=DTYPES[args.dtype], device=device, progress=progress)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if bar is not None:
-            bar.close()
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     print(f"wrote {out}: {config.describe()}, {fmt_bytes(size)} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(out)
