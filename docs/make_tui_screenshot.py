@@ -19,7 +19,7 @@ os.environ["STEERLING_LITE_HOME"] = tempfile.mkdtemp()  # no sessions of yours i
 
 from textual.widgets import Input  # noqa: E402
 
-from steerling_lite.default_model import ensure_default_model  # noqa: E402
+from steerling_lite.loading.default_model import ensure_default_model  # noqa: E402
 from tui.app import SteerlingApp  # noqa: E402
 from tui.screens import ChatScreen  # noqa: E402
 from tui.widgets.steering import ConceptRow  # noqa: E402

@@ -31,7 +31,7 @@ from _common import machine, prompt_ids  # noqa: E402
 from steerling_lite import (  # noqa: E402
     ConceptCatalog, GenerationConfig, Steerling, explain, explain_stream, input_attribution,
 )
-from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
+from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from _common import machine, prompt_ids  # noqa: E402
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
-from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
+from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
 from tests.oracle import load_reference, reference_generation_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:

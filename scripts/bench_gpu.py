@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.preset:
-        from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint
+        from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint
 
         args.model = str(write_random_checkpoint(Path(tempfile.mkdtemp()) / args.preset, preset_config(args.preset)))
     if not args.model:

@@ -40,9 +40,9 @@ def child(args: argparse.Namespace) -> dict:
 
     _bnb()
 
-    from steerling_lite.quantized import plan_memory
+    from steerling_lite.loading.quantized import plan_memory
 
-    from steerling_lite.quantized import quant_config
+    from steerling_lite.loading.quantized import quant_config
 
     mode = args.quant
     if ":" in mode:  # int8:T = int8 with outlier threshold T

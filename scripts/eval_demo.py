@@ -20,7 +20,7 @@ Measures, on the held-out WordNet entries that ``scripts/prepare_data.py`` set a
    |eps|), averaged over positions; with the identity check known + discovered + epsilon
    == logit.
 4. **Steering success**: for several known concepts, generations from neutral prompts at
-   the same seeds, unsteered and steered (``steerling_lite.steering.amplify``, target in
+   the same seeds, unsteered and steered (``steerling_lite.generation.steering.amplify``, target in
    logit units, injection from ``inject_layer`` of the config). A pair is a success when
    the steered text scores higher than the unsteered one (a) by the model's own reading:
    the concept's detector probability averaged over the generated tokens, re-read clean
@@ -54,8 +54,8 @@ from _common import machine, replace_section  # noqa: E402
 from prepare_data import DEFAULT_WORDNET_DIR, Lexicon, load_exceptions, load_wordnet  # noqa: E402
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
-from steerling_lite.concept_heads import decompose  # noqa: E402
-from steerling_lite.steering import amplify  # noqa: E402
+from steerling_lite.model.concept_heads import decompose  # noqa: E402
+from steerling_lite.generation.steering import amplify  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "steerling_lite" / "assets" / "default-model"

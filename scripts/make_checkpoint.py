@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from steerling_lite.random_checkpoint import PRESETS, preset_config, write_random_checkpoint
+from steerling_lite.loading.random_checkpoint import PRESETS, preset_config, write_random_checkpoint
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 

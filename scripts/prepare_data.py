@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd  # noqa: F401  (parquet writing)
 
-    from steerling_lite.tokenizer import SteerlingTokenizer
+    from steerling_lite.loading.tokenizer import SteerlingTokenizer
 
     synsets = load_wordnet(args.wordnet_dir)
     catalog = build_catalog(synsets, args.min_topic_members, args.min_category, args.max_category,

@@ -6,7 +6,7 @@ by ``scripts/prepare_data.py``. The run directory holds ``state.pt`` (resumable:
 weights, optimizer, RNG, loss history), ``log.jsonl`` and ``loss_curves.png``; at the
 end the model is exported in the published checkpoint format (flat ``config.json``,
 ``model.safetensors`` with the tensor names of
-:func:`steerling_lite.random_checkpoint.write_random_checkpoint`, full 100281-token
+:func:`steerling_lite.loading.random_checkpoint.write_random_checkpoint`, full 100281-token
 vocabulary) together with ``concept_labels.parquet``.
 
 Usage::
@@ -64,11 +64,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from steerling_lite.atomic import atomic_directory
-from steerling_lite.checkpoint import expected_shapes, file_name
-from steerling_lite.config import BASE_VOCAB_SIZE, ConceptConfig, SteerlingConfig, validate_config
-from steerling_lite.model import SteerlingModel
-from steerling_lite.random_checkpoint import random_tensor
-from steerling_lite.tokenizer import SteerlingTokenizer
+from steerling_lite.loading.checkpoint import expected_shapes, file_name
+from steerling_lite.loading.config import BASE_VOCAB_SIZE, ConceptConfig, SteerlingConfig, validate_config
+from steerling_lite.model.transformer import SteerlingModel
+from steerling_lite.loading.random_checkpoint import random_tensor
+from steerling_lite.loading.tokenizer import SteerlingTokenizer
 
 MASK_ID = 100280
 LABELS_FILE = "concept_labels.parquet"

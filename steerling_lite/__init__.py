@@ -1,23 +1,23 @@
 """steerling-lite: a local runtime for Steerling, the interpretable causal diffusion language model."""
 
-from .config import ConceptConfig, SteerlingConfig, load_config
+from .loading.config import ConceptConfig, SteerlingConfig, load_config
 from .errors import CheckpointError, ConfigError, GenerationError, PlacementError, SteerlingError
-from .generate import Generation, GenerationConfig, GenerationResult, StepEvent
+from .generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
 from .runtime import Steerling
-from .steering import SteeringPlan
-from .tokenizer import ChatMessage, SteerlingTokenizer
+from .generation.steering import SteeringPlan
+from .loading.tokenizer import ChatMessage, SteerlingTokenizer
 
 # attribution, steering, concepts, embeddings (issue 4)
-from .attribution import (
+from .interpret.attribution import (
     AttributionRecorder, ConceptAttribution, ConceptContribution, ExplainedStep, ExplainedStream,
     TokenAttribution, VerificationResult, explain, explain_stream,
 )
-from .chunks import ChunkAttribution, ChunkConcept, find_chunks
-from .concepts import Concept, ConceptCatalog, ConceptError, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
-from .embeddings import embed, embed_all
-from .input_attribution import InputAttribution, InputScore, input_attribution
-from .steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
-from .trace import GenerationTrace, StepTrace
+from .interpret.chunks import ChunkAttribution, ChunkConcept, find_chunks
+from .interpret.concepts import Concept, ConceptCatalog, ConceptError, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
+from .interpret.embeddings import embed, embed_all
+from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
+from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
+from .generation.trace import GenerationTrace, StepTrace
 
 __version__ = "0.1.0"
 

@@ -17,12 +17,12 @@ import torch
 
 from quant import QuantConfig
 
-from .checkpoint import Checkpoint, Progress, load_model, open_checkpoint
-from .config import SteerlingConfig
-from .generate import Generation, GenerationConfig, GenerationResult
-from .model import SteerlingModel, param_part
-from .steering import SteeringPlan
-from .tokenizer import ChatMessage, SteerlingTokenizer, get_tokenizer
+from .loading.checkpoint import Checkpoint, Progress, load_model, open_checkpoint
+from .loading.config import SteerlingConfig
+from .generation.generate import Generation, GenerationConfig, GenerationResult
+from .model.transformer import SteerlingModel, param_part
+from .generation.steering import SteeringPlan
+from .loading.tokenizer import ChatMessage, SteerlingTokenizer, get_tokenizer
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -81,7 +81,7 @@ class Steerling:
         path: the checkpoint directory, if loaded from one.
         quant: ``none``, ``int8``, ``nf4`` or ``fp4`` (the transformer blocks' linear layers).
         quant_config: the :class:`quant.QuantConfig`, or None when unquantized.
-        plan: the memory plan the load followed (:class:`steerling_lite.quantized.LoadPlan`),
+        plan: the memory plan the load followed (:class:`steerling_lite.loading.quantized.LoadPlan`),
             or None for a plain load.
     """
 
@@ -112,7 +112,7 @@ class Steerling:
         offload_dir: str | Path | None = None,
         context: int | None = None,
     ) -> Steerling:
-        """Load a checkpoint directory (see :func:`~steerling_lite.checkpoint.open_checkpoint` for
+        """Load a checkpoint directory (see :func:`~steerling_lite.loading.checkpoint.open_checkpoint` for
         what is checked and the errors raised).
 
         Args:
@@ -125,7 +125,7 @@ class Steerling:
                 nf4; else the one that offloads least), ``none``, ``int8``, ``nf4``, ``fp4``, or a
                 :class:`quant.QuantConfig` with settings (int8 threshold, double quant, compute dtype).
                 Only the transformer blocks' linear layers are quantized
-                (:mod:`steerling_lite.quantized`). A pre-quantized checkpoint loads as what it is.
+                (:mod:`steerling_lite.loading.quantized`). A pre-quantized checkpoint loads as what it is.
             max_gpu_memory, max_cpu_memory: caps in bytes or as ``"6GiB"``; parts that do not
                 fit are offloaded through accelerate (GPU -> CPU RAM -> disk).
             offload_dir: where layers quantized while loading may be offloaded to disk.
@@ -151,7 +151,7 @@ class Steerling:
             model = load_model(ckpt, dev, dt, progress)
             stats = LoadStats(time.perf_counter() - t0, ckpt.nbytes, psutil.Process().memory_info().rss)
             return cls(model, dev, dt, Path(model_dir), stats)
-        from .quantized import PlacementError, load_planned, plan_memory
+        from .loading.quantized import PlacementError, load_planned, plan_memory
 
         asked = "auto" if device is None or str(device) == "auto" else str(dev)
         lp = plan_memory(ckpt, quant=quant, device=asked, dtype=dtype, max_gpu_memory=max_gpu_memory,

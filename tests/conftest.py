@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from steerling_lite.random_checkpoint import preset_config, write_random_checkpoint
+from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint
 
 _CACHE: dict[str, Path] = {}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from steerling_lite.checkpoint import weight_files
-from steerling_lite.config import SteerlingConfig, load_config
+from steerling_lite.loading.checkpoint import weight_files
+from steerling_lite.loading.config import SteerlingConfig, load_config
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 

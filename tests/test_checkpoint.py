@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from steerling_lite import CheckpointError, ConfigError, Steerling
-from steerling_lite.checkpoint import INDEX_FILE, load_model, open_checkpoint
-from steerling_lite.config import load_config, parse_config
+from steerling_lite.loading.checkpoint import INDEX_FILE, load_model, open_checkpoint
+from steerling_lite.loading.config import load_config, parse_config
 
 
 def _copy(src: Path, tmp_path: Path) -> Path:

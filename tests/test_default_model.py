@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from steerling_lite import GenerationConfig, Steerling
-from steerling_lite.checkpoint import open_checkpoint
-from steerling_lite.concept_heads import decompose
-from steerling_lite.default_model import data_dir, default_model_dir, ensure_default_model, shipped_model_dir
+from steerling_lite.loading.checkpoint import open_checkpoint
+from steerling_lite.model.concept_heads import decompose
+from steerling_lite.loading.default_model import data_dir, default_model_dir, ensure_default_model, shipped_model_dir
 
 SHIPPED = shipped_model_dir()
 WORDS = {w for w in (Path(__file__).parent / "data" / "common_words.txt").read_text().split() if not w.startswith("#")}
@@ -51,7 +51,7 @@ def test_default_model_is_the_shipped_checkpoint(_isolated_home):
 
 
 def test_fallback_writes_random_weights_when_the_assets_are_missing(monkeypatch, tmp_path, capsys):
-    import steerling_lite.default_model as dm
+    import steerling_lite.loading.default_model as dm
 
     monkeypatch.setattr(dm, "shipped_model_dir", lambda: tmp_path / "missing")
     path = dm.ensure_default_model()
@@ -97,7 +97,7 @@ def test_loads_in_every_quant_mode_and_generates_real_words(quant):
 def test_attribution_verifies_and_decomposition_is_exact():
     lm = load("none")
     try:
-        from steerling_lite.attribution import explain
+        from steerling_lite.interpret.attribution import explain
     except ImportError:  # pragma: no cover - the attribution module is optional here
         explain = None
     if explain is not None:

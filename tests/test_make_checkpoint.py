@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import make_checkpoint  # noqa: E402
 
-from steerling_lite.checkpoint import open_checkpoint  # noqa: E402
+from steerling_lite.loading.checkpoint import open_checkpoint  # noqa: E402
 
 
 def test_explicit_dims_native_instruct_sharded(tmp_path, capsys):

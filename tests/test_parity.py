@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from steerling_lite import GenerationConfig, Steerling
-from steerling_lite.concept_heads import decompose
-from steerling_lite.kv_cache import KVCache
+from steerling_lite.model.concept_heads import decompose
+from steerling_lite.model.kv_cache import KVCache
 from tests.oracle import load_reference, reference_generation_config
 
 MASK = 100280
@@ -174,7 +174,7 @@ def test_steered_greedy_generation_matches_reference(make_ckpt, cfg_scale):
     blocks must be recomputed when the injection changes."""
     from steerling.configs import SteeringConfig
 
-    from steerling_lite.steering import amplify, suppress
+    from steerling_lite.generation.steering import amplify, suppress
 
     path = make_ckpt(diff_block_size=16)
     lm = Steerling.load(path, dtype="fp32")

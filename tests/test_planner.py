@@ -12,10 +12,10 @@ import pytest
 
 from quant.memory import GiB, MiB, MachineMemory, parse_size
 from quant.planner import Budget, Candidate, Unit, Workload, choose_plan, format_plan, plan_placement
-from steerling_lite.checkpoint import Checkpoint, TensorInfo, expected_shapes, file_name
+from steerling_lite.loading.checkpoint import Checkpoint, TensorInfo, expected_shapes, file_name
 from steerling_lite.cli import main
-from steerling_lite.quantized import plan_memory
-from steerling_lite.random_checkpoint import preset_config
+from steerling_lite.loading.quantized import plan_memory
+from steerling_lite.loading.random_checkpoint import preset_config
 
 RAM_24 = MachineMemory(ram_total=24 * GiB, ram_available=22 * GiB)
 

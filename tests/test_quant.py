@@ -15,9 +15,9 @@ import quant.linear as qlinear
 from quant import FourBitLinear, Int8Linear, QuantConfig, quantize_weight
 from quant.memory import GiB, MachineMemory
 from steerling_lite import GenerationConfig, Steerling
-from steerling_lite.checkpoint import open_checkpoint
+from steerling_lite.loading.checkpoint import open_checkpoint
 from steerling_lite.errors import CheckpointError
-from steerling_lite.quantized import load_planned, plan_memory, quantized_layers, write_prequantized
+from steerling_lite.loading.quantized import load_planned, plan_memory, quantized_layers, write_prequantized
 
 MODES = ["int8", "nf4", "fp4"]
 GREEDY = GenerationConfig(max_new_tokens=64, steps=8, temperature=0, seed=0)
@@ -138,7 +138,7 @@ def test_relative_logit_error_against_bf16_is_bounded(tiny_ckpt):
 
 @pytest.mark.parametrize("method", ["none", *MODES])
 def test_attribution_sums_stay_exact_in_every_mode(tiny_ckpt, method):
-    from steerling_lite.attribution import explain
+    from steerling_lite.interpret.attribution import explain
 
     lm = Steerling.load(tiny_ckpt, device="cpu", quant=method, dtype="bf16")
     attribution = explain(lm, PROMPT, GenerationConfig(max_new_tokens=64, steps=4, temperature=0, seed=0))
@@ -179,7 +179,7 @@ def test_load_with_a_ram_cap_offloads_blocks_to_disk(tiny_ckpt, tmp_path):
 
 
 def test_a_load_that_does_not_fit_is_refused_before_reading(tiny_ckpt):
-    from steerling_lite.quantized import PlacementError
+    from steerling_lite.loading.quantized import PlacementError
 
     with pytest.raises(PlacementError, match="do not fit in RAM: give an offload directory"):
         Steerling.load(tiny_ckpt, device="cpu", quant="nf4", max_cpu_memory=1)
@@ -269,7 +269,7 @@ def test_prequantized_tensor_of_the_wrong_shape_is_refused(prequantized, tmp_pat
     path = _copy(prequantized["int8"], tmp_path)
     ckpt = open_checkpoint(path)
     f = ckpt.tensors["transformer.blocks.1.attn.c_proj.SCB"].file
-    from steerling_lite.checkpoint import file_header
+    from steerling_lite.loading.checkpoint import file_header
 
     meta = file_header(f)[2]
     tensors = load_file(f)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerling_lite.sampling import linear_schedule, process_logits, sample_tokens, sorted_prefix
+from steerling_lite.generation.sampling import linear_schedule, process_logits, sample_tokens, sorted_prefix
 
 
 def _reference():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steerling_lite.tokenizer import ChatMessage, SteerlingTokenizer
+from steerling_lite.loading.tokenizer import ChatMessage, SteerlingTokenizer
 from tests.oracle import prepare_tiktoken_cache
 
 TEXTS = [

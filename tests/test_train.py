@@ -23,7 +23,7 @@ import prepare_data  # noqa: E402
 import train  # noqa: E402
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
-from steerling_lite.checkpoint import open_checkpoint  # noqa: E402
+from steerling_lite.loading.checkpoint import open_checkpoint  # noqa: E402
 
 PUBLISHED_COLUMNS = [
     "concept_id", "concept_name", "concept_description", "head", "public_group_id",
@@ -90,7 +90,7 @@ def test_prepare_data_catalog_and_labelled_spans(data_dir):
     ids = np.load(data_dir / "labels_ids.npy")
     assert sorted(ids[offsets[puppy["index"]]:offsets[puppy["index"] + 1]].tolist()) == sorted(puppy["labels"])
     # every token of an entry's span carries that entry's index; separators -1
-    from steerling_lite.tokenizer import SteerlingTokenizer
+    from steerling_lite.loading.tokenizer import SteerlingTokenizer
 
     tok = SteerlingTokenizer()
     split = puppy["split"]

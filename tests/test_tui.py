@@ -14,7 +14,7 @@ import pytest
 from textual.widgets import DataTable, Input
 
 from steerling_lite import ChatMessage, GenerationConfig, Steerling
-from steerling_lite.concepts import fallback_label
+from steerling_lite.interpret.concepts import fallback_label
 from tui.app import SteerlingApp
 from tui.backend import Status, read_status
 from tui.screens import ChatScreen, CompareScreen, ExportScreen, HelpScreen, HistoryScreen, LoadScreen

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from steerling_lite.tokenizer import get_tokenizer
+from steerling_lite.loading.tokenizer import get_tokenizer
 from tui.app import SteerlingApp
 from tui.screens import ChatScreen, CompareScreen, HelpScreen, LoadScreen
 from tui.store import Attribution, Session, Store, Turn

@@ -4,7 +4,7 @@ The screens and widgets call the functions here rather than the runtime (they im
 only ``SteerlingError`` to catch it); these run on steerling_lite's public API:
 
 - checkpoint inspection and the memory plan shown before loading (headers only,
-  :func:`steerling_lite.quantized.plan_memory`);
+  :func:`steerling_lite.loading.quantized.plan_memory`);
 - loading with a progress callback, quant mode and GPU budget (``Steerling.load``);
 - sampling settings as the user types them -> :class:`GenerationConfig`;
 - prompts: completion for base models, the chat template for instruct models;
@@ -38,11 +38,11 @@ from steerling_lite import (
     Steerling,
     SteerlingError,
 )
-from steerling_lite.attribution import AttributionRecorder, ConceptAttribution
-from steerling_lite.concepts import Concept, ConceptCatalog
-from steerling_lite.input_attribution import input_attribution
-from steerling_lite.quantized import QUANT_MODES, plan_memory
-from steerling_lite.steering import AMPLIFY_TARGET, Steering, SteeringBuilder
+from steerling_lite.interpret.attribution import AttributionRecorder, ConceptAttribution
+from steerling_lite.interpret.concepts import Concept, ConceptCatalog
+from steerling_lite.interpret.input_attribution import input_attribution
+from steerling_lite.loading.quantized import QUANT_MODES, plan_memory
+from steerling_lite.generation.steering import AMPLIFY_TARGET, Steering, SteeringBuilder
 
 
 class BackendError(SteerlingError):
@@ -172,7 +172,7 @@ def _check_dir(path_text: str) -> Path:
 
 def memory_plan(request: LoadRequest) -> list[str]:
     """Where the weights will go and whether they fit, before anything is loaded
-    (:func:`steerling_lite.quantized.plan_memory`: headers only, memory probed now).
+    (:func:`steerling_lite.loading.quantized.plan_memory`: headers only, memory probed now).
 
     The first lines are the verdict (where it runs, the precision chosen), then the
     planner's full report (per-module placement, peak memory per device).
@@ -395,7 +395,7 @@ def output_positions(lm: Steerling, result: GenerationResult) -> list[int]:
 class Catalog:
     """The model's concepts, searchable by name and description, with display labels.
 
-    Wraps :class:`steerling_lite.concepts.ConceptCatalog` (labels from
+    Wraps :class:`steerling_lite.interpret.concepts.ConceptCatalog` (labels from
     ``concept_labels.{parquet,csv,json}`` next to the weights or ``$STEERLING_CONCEPTS_PATH``;
     without one, ``known #id`` / ``discovered #id``).
 

@@ -1,6 +1,6 @@
 """Sessions on disk: a SQLite database in the user data dir, versioned with a migrations table.
 
-One database file, ``sessions.sqlite3`` in :func:`steerling_lite.default_model.data_dir`
+One database file, ``sessions.sqlite3`` in :func:`steerling_lite.loading.default_model.data_dir`
 (``$STEERLING_LITE_HOME`` if set). Every write runs in one explicit transaction
 (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error), and the app only says
 "saved" after the commit returned, so a crash never loses what was shown as saved.
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerling_lite.default_model import data_dir
+from steerling_lite.loading.default_model import data_dir
 
 DB_NAME = "sessions.sqlite3"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Progress
+from ..loading.checkpoint import Progress
 from ..runtime import Steerling
 
 
@@ -28,7 +28,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model --device --dtype`` (where the checkpoint is and where / how it runs) and the
     memory options ``--quant --max-gpu-memory --max-cpu-memory --offload-dir`` with the
     quantization settings."""
-    from ..quantized import QUANT_MODES
+    from ..loading.quantized import QUANT_MODES
 
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
@@ -64,7 +64,7 @@ def add_quant_settings(g) -> None:
 
 def quant_arg(args: argparse.Namespace):
     """``--quant`` with its settings: the mode string (``auto``/``none``) or a :class:`quant.QuantConfig`."""
-    from ..quantized import quant_config
+    from ..loading.quantized import quant_config
 
     mode = getattr(args, "quant", "auto")
     if mode in ("auto", "none"):
@@ -98,7 +98,7 @@ def model_dir(args: argparse.Namespace) -> Path:
     """The ``--model`` directory, or the embedded default (written on first use)."""
     if args.model:
         return Path(args.model)
-    from ..default_model import ensure_default_model
+    from ..loading.default_model import ensure_default_model
 
     return ensure_default_model()
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..concepts import ConceptCatalog, ConceptError, concept_top_tokens, concepts_for_token, find_labels_file
+from ..interpret.concepts import ConceptCatalog, ConceptError, concept_top_tokens, concepts_for_token, find_labels_file
 from .common import add_model_args, load_model
 
 

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from ..attribution import explain_stream
-from ..concepts import ConceptCatalog
+from ..interpret.attribution import explain_stream
+from ..interpret.concepts import ConceptCatalog
 from ..errors import GenerationError
 from .common import add_model_args, load_model
 from .generate import add_prompt_args, add_sampling_args, build_prompt, generation_config, prompt_text
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     chunks = attribution.chunks()
     inputs = None
     if args.inputs > 0:
-        from ..input_attribution import input_attribution
+        from ..interpret.input_attribution import input_attribution
 
         inputs = input_attribution(lm, attribution, n_steps=args.ig_steps)
     if args.csv:

@@ -8,8 +8,8 @@ import sys
 import time
 
 from ..errors import GenerationError
-from ..generate import GenerationConfig
-from ..config import load_config
+from ..generation.generate import GenerationConfig
+from ..loading.config import load_config
 from .common import add_model_args, load_model, model_dir
 from .steering_args import add_steering_args, plan_from_args
 
@@ -77,7 +77,7 @@ def generation_config(args: argparse.Namespace, stop_tokens: tuple[int, ...] = (
 
 def build_prompt(lm, args: argparse.Namespace, text: str):
     """Token ids for ``text`` (chat template for instruct models unless ``--no-chat``)."""
-    from ..tokenizer import ChatMessage
+    from ..loading.tokenizer import ChatMessage
 
     use_chat = lm.config.instruct if args.chat is None else args.chat
     if use_chat:

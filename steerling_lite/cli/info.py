@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..checkpoint import expected_shapes, open_checkpoint
-from ..model import param_part
+from ..loading.checkpoint import expected_shapes, open_checkpoint
+from ..model.transformer import param_part
 from .common import fmt_bytes, model_dir
 
 

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quantized import write_prequantized
+    from ..loading.quantized import write_prequantized
     from ..runtime import resolve_device
 
     config = quant_arg(args)

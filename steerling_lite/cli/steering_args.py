@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..steering import AMPLIFY_TARGET, SUPPRESS_ALPHA, Steering, SteeringBuilder, SteeringPlan
+from ..generation.steering import AMPLIFY_TARGET, SUPPRESS_ALPHA, Steering, SteeringBuilder, SteeringPlan
 
 
 def _spec(mode: str, need_value: bool = False):

@@ -27,7 +27,7 @@ from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from steerling_lite import SteerlingError
-from steerling_lite.default_model import data_dir
+from steerling_lite.loading.default_model import data_dir
 
 from .. import backend
 from ..backend import BackendError, ConceptSpec, Sampling

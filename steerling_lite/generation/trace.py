@@ -1,8 +1,8 @@
 """The trace of a generation: enough to rebuild the sequence the model read at any denoising step.
 
-Recorded from the :class:`~steerling_lite.generate.StepEvent` s of a generation (each step's
+Recorded from the :class:`~steerling_lite.generation.generate.StepEvent` s of a generation (each step's
 committed positions and tokens, and the steering it ran with); input attribution
-replays it (:mod:`steerling_lite.input_attribution`).
+replays it (:mod:`steerling_lite.interpret.input_attribution`).
 """
 
 from __future__ import annotations

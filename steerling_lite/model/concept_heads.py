@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .config import ConceptConfig
+from ..loading.config import ConceptConfig
 
 LOGIT_CLAMP = 15.0
 

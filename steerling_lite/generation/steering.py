@@ -15,7 +15,7 @@ The reference's recipes (``steerling==0.2.0`` ``SteeringConfig`` and
 
 A :class:`SteeringPlan` may hold several injection terms, each with its own strength
 and schedule; their scaled directions add up. A plan is immutable; a running
-:class:`~steerling_lite.generate.Generation` takes a new one between steps.
+:class:`~steerling_lite.generation.generate.Generation` takes a new one between steps.
 
 For sliders, describe each concept as a :class:`Steering` (id, mode, strength, on/off)
 and let a :class:`SteeringBuilder` turn the list into a plan; it caches the per-concept
@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .concepts import ConceptError, as_concept_id
+from ..interpret.concepts import ConceptError, as_concept_id
 
 Schedule = Literal["fixed", "hard_cutoff"]
 SteeringMode = Literal["amplify", "suppress", "intervene"]
@@ -123,7 +123,7 @@ class SteeringPlan:
         the plan has interventions, else ``hidden`` itself."""
         if not self.interventions:
             return hidden
-        from .concept_heads import decompose
+        from ..model.concept_heads import decompose
 
         return decompose(hidden, model.known_head, model.unknown_head, model.cfg.concept.use_epsilon_correction,
                          known_override=self.known_override(model, hidden)).composed

@@ -1,6 +1,6 @@
 """Results of concept attribution: per-token records, the whole generation's tensors, checks, export.
 
-See :mod:`steerling_lite.attribution` for how the parts are computed.
+See :mod:`steerling_lite.interpret.attribution` for how the parts are computed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from .concepts import ConceptCatalog
-from .generate import GenerationResult
-from .trace import GenerationTrace
+from ..generation.generate import GenerationResult
+from ..generation.trace import GenerationTrace
 
 # ---------------------------------------------------------------------------------------
 # per-token records (what the app and the JSON export show)
@@ -262,7 +262,7 @@ class ConceptAttribution:
 
     # ---- chunks ------------------------------------------------------------------------
     def chunks(self, spans: Sequence[tuple[int, int]] | None = None):
-        """Chunk attribution (:func:`~steerling_lite.chunks.chunk_attribution`): over ``spans``
+        """Chunk attribution (:func:`~steerling_lite.interpret.chunks.chunk_attribution`): over ``spans``
         (absolute ``[start, end)`` positions), default the generated text split at ``<|endofchunk|>``."""
         from .chunks import chunk_attribution
 

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .concept_heads import decompose
-from .errors import GenerationError
-from .kv_cache import KVCache
-from .model import SteerlingModel
+from ..model.concept_heads import decompose
+from ..errors import GenerationError
+from ..model.kv_cache import KVCache
+from ..model.transformer import SteerlingModel
 from .sampling import check_probability, confidence, linear_schedule, process_logits, sample_tokens
 from .steering import SteeringPlan
-from .tokenizer import SteerlingTokenizer
+from ..loading.tokenizer import SteerlingTokenizer
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ RoPE (rotate-half, fp32 tables), qkv clipping, GQA and block-causal attention wh
 query i sees key j iff ``i // B >= j // B`` (B = ``diff_block_size``, positions from 0).
 
 Unlike the reference, :meth:`Transformer.forward` runs a *window* of positions
-``[start, start + T)`` against a :class:`~steerling_lite.kv_cache.KVCache` holding the
+``[start, start + T)`` against a :class:`~steerling_lite.model.kv_cache.KVCache` holding the
 keys/values of positions ``[0, start)`` (whole, fully committed attention blocks), and
 can run the last layer only for the rows whose output is needed.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .concept_heads import KnownHead, UnknownHead
-from .config import SteerlingConfig
+from ..loading.config import SteerlingConfig
 from .kv_cache import KVCache
 
 

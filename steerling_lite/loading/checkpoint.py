@@ -31,8 +31,8 @@ from quant.linear import replace_linears
 from quant.prequant import META_CRC32, META_SETTINGS, QUANTIZE_CONFIG, PrequantInfo, check_file_settings, read_quantize_config
 
 from .config import SteerlingConfig, load_config
-from .errors import CheckpointError
-from .model import SteerlingModel
+from ..errors import CheckpointError
+from ..model.transformer import SteerlingModel
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # Keys Hugging Face adds to config.json that mean nothing to the model.
 HF_KEYS = frozenset({"auto_map", "architectures", "transformers_version", "_name_or_path"})

@@ -40,15 +40,15 @@ from quant.memory import GiB, MiB, release_free_memory
 from quant.planner import CPU_HEADROOM
 from quant.prequant import PrequantInfo, check_versions, file_metadata, library_versions, QUANTIZE_CONFIG
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 from .checkpoint import (
     INDEX_FILE, SINGLE_FILE, TORCH_DTYPES, Checkpoint, Progress, file_name, iter_tensors, load_model, meta_model,
     open_checkpoint, read_order,
 )
 from .config import SteerlingConfig
-from .errors import CheckpointError, PlacementError
-from .kv_cache import KVCache
-from .model import SteerlingModel
+from ..errors import CheckpointError, PlacementError
+from ..model.kv_cache import KVCache
+from ..model.transformer import SteerlingModel
 
 QUANT_MODES = ("auto", "none", "int8", "nf4", "fp4")
 AUTO_ORDER = ("none", "int8", "nf4")  # best first: "int8 for quality, nf4 for memory and speed"

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .concept_heads import decompose
+from ..model.concept_heads import decompose
 from .concepts import ConceptError
 
 EmbeddingKind = Literal["hidden", "composed", "known", "discovered"]

@@ -44,9 +44,9 @@ from .attribution_result import (
     make_record,
 )
 from .concepts import ConceptCatalog, ConceptError, require_interpretable
-from .generate import Generation, GenerationConfig, GenerationResult, StepEvent
-from .steering import SteeringPlan
-from .trace import GenerationTrace, StepTrace
+from ..generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
+from ..generation.steering import SteeringPlan
+from ..generation.trace import GenerationTrace, StepTrace
 
 # ---------------------------------------------------------------------------------------
 # the computation
@@ -71,7 +71,7 @@ def _head_terms(head, h: Tensor, w_y: Tensor, k_report: int) -> _HeadTerms:
     """Reported top-``k_report`` concepts of ``head`` for hidden ``h`` ``(P, D)``, their weights
     and contributions to the logits whose LM rows are ``w_y`` ``(P, D)`` fp32, the tail of the
     other features, and the features themselves (fp32), following the head's own selection
-    (:class:`~steerling_lite.concept_heads._ConceptHead`)."""
+    (:class:`~steerling_lite.model.concept_heads._ConceptHead`)."""
     logits_all = head.all_logits(h)  # (P, C) fp32, clamped
     if head.k_features is None:  # every concept is a feature
         k = min(k_report, head.n_concepts)

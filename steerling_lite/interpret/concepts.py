@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .errors import SteerlingError
+from ..errors import SteerlingError
 
 Head = Literal["known", "discovered"]
 
@@ -342,7 +342,7 @@ class ConceptCatalog:
         """The catalog of a loaded :class:`~steerling_lite.Steerling` (or a checkpoint directory):
         ``path``, else the labels file in the model directory, else ``$STEERLING_CONCEPTS_PATH``,
         else an empty catalog of fallback labels."""
-        from .config import load_config
+        from ..loading.config import load_config
 
         if isinstance(lm, (str, Path)):
             model_dir: Path | None = Path(lm)
@@ -435,7 +435,7 @@ class ConceptCatalog:
 
     def group(self, concept_id: int, head: str = "known") -> list[int]:
         """Ids of the concepts in this concept's public group, the focal id first (just the id
-        when it has no group). Pass them to :func:`~steerling_lite.steering.suppress` for group
+        when it has no group). Pass them to :func:`~steerling_lite.generation.steering.suppress` for group
         steering, as the reference does."""
         focal = self.get(concept_id, head)
         if focal.group_id is None:
@@ -530,7 +530,7 @@ def concept_top_tokens(lm, concept_id: int, k: int = 15, head: str = "known") ->
     Raises:
         ConceptError: no concept heads, or an id out of range.
     """
-    from .steering import lm_alignment
+    from ..generation.steering import lm_alignment
 
     v = concept_vectors(lm.model, [concept_id], head)[0]
     v = v / (v.norm() + 1e-12)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .atomic import atomic_directory
+from ..atomic import atomic_directory
 from .checkpoint import INDEX_FILE, SINGLE_FILE, expected_shapes, file_name
 from .config import INSTRUCT_VOCAB_SIZE, BASE_VOCAB_SIZE, ConceptConfig, SteerlingConfig, validate_config
 
