@@ -1,7 +1,7 @@
 """steerling-lite: a local runtime for Steerling, the interpretable causal diffusion language model."""
 
 from .loading.config import ConceptConfig, SteerlingConfig, load_config
-from .errors import CheckpointError, ConfigError, GenerationError, PlacementError, SteerlingError
+from .errors import CheckpointError, ConceptError, ConfigError, GenerationError, PlacementError, SteerlingError
 from .generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
 from .runtime import Steerling
 from .generation.steering import SteeringPlan
@@ -13,7 +13,7 @@ from .interpret.attribution import (
     TokenAttribution, VerificationResult, explain, explain_stream,
 )
 from .interpret.chunks import ChunkAttribution, ChunkConcept, find_chunks
-from .interpret.concepts import Concept, ConceptCatalog, ConceptError, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
+from .interpret.concepts import Concept, ConceptCatalog, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
 from .interpret.embeddings import embed, embed_all
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
 from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress

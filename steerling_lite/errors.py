@@ -21,3 +21,18 @@ class GenerationError(SteerlingError, ValueError):
 
 class PlacementError(SteerlingError, RuntimeError):
     """The model cannot be placed within the memory available (or where it was asked to run)."""
+
+
+class ConceptError(SteerlingError, ValueError):
+    """An invalid concept id or strength, an unreadable labels file, or a model without concept heads."""
+
+
+def require_interpretable(model, what: str, error: type[SteerlingError] = ConceptError) -> None:
+    """Raise ``error`` (default :class:`ConceptError`) unless ``model`` (a ``SteerlingModel``, or
+    anything with a ``known_head`` attribute) has concept heads; ``what`` names the feature that
+    needs them ("concept attribution", "steering", ...). The one place this message is written."""
+    if getattr(model, "known_head", None) is None:
+        raise error(
+            f"{what} needs an interpretable checkpoint (with concept heads); this one has none "
+            f"(config.json: interpretable is false)"
+        )

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..errors import SteerlingError
+from ..errors import ConceptError, SteerlingError, require_interpretable
 
 Head = Literal["known", "discovered"]
 
@@ -50,10 +50,6 @@ PUBLISHED_COLUMNS = (
     "concept_id", "concept_name", "concept_description", "head", "public_group_id", "group_name",
     "is_steerable", "is_tone", "is_alignment", "is_demographic",
 )
-
-
-class ConceptError(SteerlingError, ValueError):
-    """An invalid concept id or strength, an unreadable labels file, or a model without concept heads."""
 
 
 def normalize_head(head: str) -> Head:
@@ -480,15 +476,6 @@ class ConceptScore:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def require_interpretable(model, what: str) -> None:
-    """Raise :class:`ConceptError` unless ``model`` has concept heads."""
-    if getattr(model, "known_head", None) is None:
-        raise ConceptError(
-            f"{what} needs an interpretable checkpoint (with concept heads); this one has none "
-            f"(config.json: interpretable is false)"
-        )
 
 
 def concept_vectors(model, concept_ids: Sequence[int] | Tensor, head: str = "known") -> Tensor:

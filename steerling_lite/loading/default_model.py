@@ -33,7 +33,7 @@ def data_dir() -> Path:
 
 def shipped_model_dir() -> Path:
     """Where the trained default model lies inside the installed package (it may be missing)."""
-    return Path(__file__).resolve().parent / "assets" / "default-model"
+    return Path(__file__).resolve().parent.parent / "assets" / "default-model"
 
 
 def default_model_dir() -> Path:
