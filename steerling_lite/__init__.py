@@ -13,7 +13,8 @@ from .interpret.attribution import (
     TokenAttribution, VerificationResult, explain, explain_stream,
 )
 from .interpret.chunks import ChunkAttribution, ChunkConcept, find_chunks
-from .interpret.concepts import Concept, ConceptCatalog, ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
+from .interpret.concepts import Concept, ConceptCatalog
+from .interpret.concept_tokens import ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
 from .interpret.embeddings import embed, embed_all
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
 from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress

@@ -11,7 +11,7 @@ import torch
 from steerling_lite import (
     ConceptError, GenerationConfig, Steering, SteeringBuilder, Steerling, amplify, build_steering, suppress,
 )
-from steerling_lite.generation.steering import lm_alignment
+from steerling_lite.model.concept_heads import lm_alignment
 from tests.oracle import load_reference, reference_generation_config
 
 PROMPT = "The history of the city"

@@ -6,7 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..interpret.concepts import ConceptCatalog, ConceptError, concept_top_tokens, concepts_for_token, find_labels_file
+from ..errors import ConceptError
+from ..interpret.concept_tokens import concept_top_tokens, concepts_for_token
+from ..interpret.concepts import ConceptCatalog, find_labels_file
 from .common import add_model_args, load_model
 
 

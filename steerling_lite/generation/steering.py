@@ -34,7 +34,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from ..interpret.concepts import ConceptError, as_concept_id
+from ..errors import ConceptError, require_interpretable
+from ..model.concept_heads import NORM_EPS, as_concept_id, intervened_known_features, lm_alignment, readout
 
 Schedule = Literal["fixed", "hard_cutoff"]
 SteeringMode = Literal["amplify", "suppress", "intervene"]
@@ -120,29 +121,14 @@ class SteeringPlan:
     def readout(self, model, hidden: Tensor) -> Tensor:
         """The vector the LM head reads for final hidden states ``hidden`` ``(N, D)``: the composed
         state with the intervened known weights (no epsilon correction, as the reference) when
-        the plan has interventions, else ``hidden`` itself."""
-        if not self.interventions:
-            return hidden
-        from ..model.concept_heads import decompose
-
-        return decompose(hidden, model.known_head, model.unknown_head, model.cfg.concept.use_epsilon_correction,
-                         known_override=self.known_override(model, hidden)).composed
+        the plan has interventions, else ``hidden`` itself
+        (:func:`~steerling_lite.model.concept_heads.readout`)."""
+        return readout(model, hidden, self.interventions)
 
     def known_override(self, model, hidden: Tensor) -> Tensor:
-        """Known-concept features ``(N, D)`` with the intervened weights set (reference dense
-        intervention path: all concept weights, top-k by weight, then the overrides)."""
-        head = model.known_head
-        logits = head.all_logits(hidden)
-        weights = torch.sigmoid(logits)
-        k = head.k_report
-        if k < head.n_concepts:
-            top = weights.topk(k, dim=-1)
-            weights = torch.zeros_like(weights).scatter_(-1, top.indices, top.values)
-        ids = torch.tensor(list(self.interventions), device=hidden.device)
-        vals = torch.tensor(list(self.interventions.values()), dtype=weights.dtype, device=hidden.device)
-        weights[:, ids] = vals
-        emb = head.embedding(torch.arange(head.n_concepts, device=hidden.device)).float()
-        return (weights.float() @ emb).to(hidden.dtype)
+        """Known-concept features ``(N, D)`` with the intervened weights set
+        (:func:`~steerling_lite.model.concept_heads.intervened_known_features`)."""
+        return intervened_known_features(model.known_head, hidden, self.interventions)
 
 
 def concept_direction(model, concept_ids: list[int]) -> tuple[Tensor, float]:
@@ -151,31 +137,15 @@ def concept_direction(model, concept_ids: list[int]) -> tuple[Tensor, float]:
     Raises:
         ConceptError (a ValueError): no concept heads, no concept ids, or an id outside ``[0, n_concepts)``.
     """
-    head = model.known_head
-    if head is None:
-        raise ConceptError("steering needs an interpretable checkpoint (with concept heads); this one has none")
+    require_interpretable(model, "steering")
     if not concept_ids:
         raise ConceptError("no concept ids to steer")
     ids_list = check_known_ids(model, concept_ids)
     ids = torch.tensor(ids_list, device=model.lm_head_weight.device)
-    vec = head.embedding(ids).float().sum(dim=0)
-    direction = vec / (vec.norm(p=2) + 1e-12)
+    vec = model.known_head.embedding(ids).float().sum(dim=0)
+    direction = vec / (vec.norm(p=2) + NORM_EPS)
     peak = max(float(lm_alignment(model, direction).max()), 1e-6)
     return direction, peak
-
-
-def lm_alignment(model, vectors: Tensor, chunk: int = 16384) -> Tensor:
-    """``vectors · W_lmᵀ`` in fp32: ``(D,)`` -> ``(V,)`` or ``(K, D)`` -> ``(K, V)``.
-
-    W is converted to fp32 a chunk of rows at a time (a full fp32 copy of an 8B model's
-    LM head would be 1.6 GB); the products are oriented as the reference's
-    (``W @ d`` for one direction, ``E @ Wᵀ`` for several).
-    """
-    w = model.lm_head_weight
-    v = vectors.float()
-    if v.dim() == 1:
-        return torch.cat([w[i:i + chunk].float() @ v for i in range(0, w.shape[0], chunk)])
-    return torch.cat([v @ w[i:i + chunk].float().t() for i in range(0, w.shape[0], chunk)], dim=-1)
 
 
 def relu_logit_mask(model, strengths: dict[int, float]) -> Tensor:
@@ -253,9 +223,8 @@ def check_known_ids(model, concept_ids: Iterable[Any]) -> list[int]:
     Raises:
         ConceptError: no concept heads, a non-integer id, or an id out of range.
     """
-    head = getattr(model, "known_head", None)
-    if head is None:
-        raise ConceptError("steering needs an interpretable checkpoint (with concept heads); this one has none")
+    require_interpretable(model, "steering")
+    head = model.known_head
     out = []
     for c in concept_ids:
         cid = as_concept_id(c)

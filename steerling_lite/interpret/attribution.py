@@ -23,7 +23,9 @@ reported apart:
 
 ``known + known_tail + discovered + discovered_tail + epsilon == logit``; every term is
 computed in fp32 from the captured state, and :meth:`ConceptAttribution.verify`
-re-computes both sides independently. Attribution is computed only for committed
+re-computes both sides independently (all parts live in one record type,
+:class:`~steerling_lite.interpret.attribution_table.AttributionTable`, whether for one
+step's tokens or a whole generation). Attribution is computed only for committed
 positions and only when asked for (a generation streamed with ``capture_hidden=True``
 and recorded by an :class:`AttributionRecorder`; :func:`explain_stream` does both).
 """
@@ -36,17 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .attribution_result import (
-    ConceptAttribution,
-    ConceptContribution,
-    TokenAttribution,
-    VerificationResult,
-    make_record,
-)
-from .concepts import ConceptCatalog, ConceptError, require_interpretable
+from ..errors import ConceptError, require_interpretable
 from ..generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
 from ..generation.steering import SteeringPlan
 from ..generation.trace import GenerationTrace, StepTrace
+from ..model.concept_heads import intervened_known_weights, readout
+from .attribution_result import ConceptAttribution, ConceptContribution, TokenAttribution, make_record
+from .attribution_table import AttributionTable, VerificationResult
+from .concepts import ConceptCatalog
 
 # ---------------------------------------------------------------------------------------
 # the computation
@@ -61,10 +60,11 @@ class _HeadTerms:
     features: Tensor  # (P, D) fp32: Σ over all features of the head
 
 
-def _dot_rows(head, idx: Tensor, w_y: Tensor) -> Tensor:
-    """``E[idx[p, j]] · w_y[p]`` ``(P, k)`` fp32."""
-    emb = head.embedding(idx).float()  # (P, k, D)
-    return torch.einsum("pkd,pd->pk", emb, w_y)
+def _contributions(head, idx: Tensor, weights: Tensor, w_y: Tensor) -> tuple[Tensor, Tensor]:
+    """For concepts ``idx`` ``(P, k)`` (-1: padding, weight 0) with ``weights`` ``(P, k)`` fp32:
+    their contributions ``w · (E[idx] · w_y)`` ``(P, k)`` and features ``Σ w E[idx]`` ``(P, D)``, fp32."""
+    emb = head.embedding(idx.clamp_min(0)).float()  # (P, k, D)
+    return weights * torch.einsum("pkd,pd->pk", emb, w_y), torch.einsum("pk,pkd->pd", weights, emb)
 
 
 def _head_terms(head, h: Tensor, w_y: Tensor, k_report: int) -> _HeadTerms:
@@ -72,87 +72,38 @@ def _head_terms(head, h: Tensor, w_y: Tensor, k_report: int) -> _HeadTerms:
     and contributions to the logits whose LM rows are ``w_y`` ``(P, D)`` fp32, the tail of the
     other features, and the features themselves (fp32), following the head's own selection
     (:class:`~steerling_lite.model.concept_heads._ConceptHead`)."""
-    logits_all = head.all_logits(h)  # (P, C) fp32, clamped
     if head.k_features is None:  # every concept is a feature
-        k = min(k_report, head.n_concepts)
-        sel_logits, idx = logits_all.topk(k, dim=-1)
+        logits_all = head.all_logits(h)  # (P, C) fp32, clamped
+        sel_logits, idx = logits_all.topk(min(k_report, head.n_concepts), dim=-1)
         w_all = torch.sigmoid(logits_all)
-        features = head.mix_all(w_all).float()
         weights = torch.sigmoid(sel_logits)
-        contrib = weights * _dot_rows(head, idx, w_y)
-        # the tail directly: Σ over the unreported concepts of w_c (E_c · W_y)
+        contrib = weights * head.selected_lm_dots(idx, w_y)
+        # the tail directly: Σ over the unreported concepts of w_c (E_c · W_y), in rank space when factorized
         keep = torch.ones_like(w_all, dtype=torch.bool).scatter_(-1, idx, False)
-        tail = _all_dots_weighted(head, w_all * keep, w_y)
-        return _HeadTerms(idx, weights, contrib, tail, features)
-    kf = min(head.k_features, head.n_concepts)
-    idx_f = logits_all.topk(kf, dim=-1).indices
-    l_f = head.selected_logits(h, idx_f)
+        tail = (w_all * keep * head.lm_dots(w_y)).sum(-1)
+        return _HeadTerms(idx, weights, contrib, tail, head.mix_all(w_all).float())
+    idx_f, l_f = head.features_top_k(h)
     w_f = torch.sigmoid(l_f)
-    emb = head.embedding(idx_f).float()  # (P, kf, D)
-    features = torch.einsum("pk,pkd->pd", w_f, emb)
-    contrib_f = w_f * torch.einsum("pkd,pd->pk", emb, w_y)
-    k = min(k_report, kf)
-    order = l_f.topk(k, dim=-1).indices  # re-rank the features by logit, keep k (the reference's report)
+    contrib_f, features = _contributions(head, idx_f, w_f, w_y)
+    order = l_f.topk(min(k_report, idx_f.shape[-1]), dim=-1).indices  # re-rank by logit, keep k (the reference's report)
     reported = torch.zeros_like(w_f, dtype=torch.bool).scatter_(-1, order, True)
     tail = (contrib_f * ~reported).sum(-1)
     return _HeadTerms(idx_f.gather(-1, order), w_f.gather(-1, order), contrib_f.gather(-1, order), tail, features)
 
 
-def _all_dots_weighted(head, weights: Tensor, w_y: Tensor) -> Tensor:
-    """``Σ_c weights[p, c] (E_c · w_y[p])`` over every concept, ``(P,)`` fp32 (factorized heads
-    stay in rank space)."""
-    if getattr(head, "factorized", False):
-        coef = head.embedding_coef.weight[: head.n_concepts].float()  # (C, r)
-        proj = w_y @ head.embedding_basis.weight.float()  # (P, r): basisᵀ W_y
-        return (weights * (proj @ coef.t())).sum(-1)
-    emb = head.embedding(torch.arange(head.n_concepts, device=w_y.device)).float()  # (C, D)
-    return (weights * (w_y @ emb.t())).sum(-1)
-
-
-def _intervened_known(model, h: Tensor, w_y: Tensor, plan: SteeringPlan) -> _HeadTerms:
-    """Known terms under a concept intervention: the dense top-k weights with the overrides set
-    (:meth:`SteeringPlan.known_override`), reported over the top-k plus the intervened ids."""
-    head = model.known_head
-    weights = torch.sigmoid(head.all_logits(h))
-    k = min(head.k_report, head.n_concepts)
-    top = weights.topk(k, dim=-1)
-    dense = torch.zeros_like(weights).scatter_(-1, top.indices, top.values)
-    ids_int = torch.tensor(list(plan.interventions), device=h.device, dtype=torch.long)
-    vals = torch.tensor(list(plan.interventions.values()), dtype=dense.dtype, device=h.device)
-    dense[:, ids_int] = vals
-    idx = torch.cat([top.indices, ids_int.expand(h.shape[0], -1)], dim=-1)
-    # an intervened id may also be in the top-k: report it once
+def _intervened_known(head, h: Tensor, w_y: Tensor, interventions: dict[int, float]) -> _HeadTerms:
+    """Known terms under a concept intervention: the weights of
+    :func:`~steerling_lite.model.concept_heads.intervened_known_weights`, reported over the top-k
+    plus the intervened ids (an intervened id already in the top-k once)."""
+    dense, top_ids = intervened_known_weights(head, h, interventions)
+    ids = torch.tensor(list(interventions), device=h.device, dtype=torch.long)
+    idx = torch.cat([top_ids, ids.expand(h.shape[0], -1)], dim=-1)
     dup = torch.zeros_like(idx, dtype=torch.bool)
-    dup[:, :k] = (top.indices.unsqueeze(-1) == ids_int.view(1, 1, -1)).any(-1)
-    w = dense.gather(-1, idx).masked_fill(dup, 0.0)
+    dup[:, : top_ids.shape[1]] = (top_ids.unsqueeze(-1) == ids.view(1, 1, -1)).any(-1)
+    weights = dense.gather(-1, idx).masked_fill(dup, 0.0)
     idx = idx.masked_fill(dup, -1)
-    safe = idx.clamp_min(0)
-    emb = head.embedding(safe).float()
-    contrib = w * torch.einsum("pkd,pd->pk", emb, w_y)
-    features = torch.einsum("pk,pkd->pd", w, emb)
-    return _HeadTerms(idx, w, contrib, torch.zeros_like(contrib[:, 0]), features)
-
-
-@dataclass
-class StepAttribution:
-    """Tensors of one step's committed tokens (``P`` of them), on the CPU; see :class:`ConceptAttribution`."""
-
-    positions: Tensor
-    token_ids: Tensor
-    steps: Tensor
-    logits: Tensor
-    model_logits: Tensor
-    known_ids: Tensor
-    known_weights: Tensor
-    known_contrib: Tensor
-    known_tail: Tensor
-    disc_ids: Tensor
-    disc_weights: Tensor
-    disc_contrib: Tensor
-    disc_tail: Tensor
-    epsilon: Tensor
-    readout: Tensor  # (P, D) model dtype: the vector the LM head read
-    lm_rows: Tensor  # (P, D) model dtype: W_lm[y]
+    contrib, features = _contributions(head, idx, weights, w_y)
+    return _HeadTerms(idx, weights, contrib, torch.zeros_like(contrib[:, 0]), features)
 
 
 @torch.inference_mode()
@@ -162,56 +113,59 @@ def attribute_hidden(
     token_ids: Tensor,
     plan: SteeringPlan | None = None,
     *,
+    positions: Tensor | None = None,
+    step: int = 0,
+    model_logits: Tensor | None = None,
     known_k: int | None = None,
     discovered_k: int | None = None,
-) -> dict[str, Tensor]:
+) -> AttributionTable:
     """Decompose the logits of ``token_ids`` ``(P,)`` read from final hidden states ``hidden``
     ``(P, D)`` (after ln_f, as the generation captured them).
 
     With ``plan.interventions`` the LM head reads the composed state (known weights
     overridden, no epsilon correction), as the generation does.
 
+    Args:
+        model: the ``SteerlingModel``.
+        hidden, token_ids, plan: as above.
+        positions: ``(P,)`` long absolute positions of the rows (default ``0..P-1``).
+        step: the denoising step that committed them.
+        model_logits: ``(P,)`` the logits the sampler saw (default: the fp32 ``logits``).
+        known_k, discovered_k: concepts reported per token (default the heads' ``k_report``).
+
     Returns:
-        fp32 tensors on ``hidden``'s device: ``logits`` (P,), ``known_ids/weights/contrib``
-        (P, Kk), ``known_tail`` (P,), ``disc_ids/weights/contrib`` (P, Ku), ``disc_tail``,
-        ``epsilon`` (P,), and ``readout`` / ``lm_rows`` (P, D) in the model dtype.
+        The rows' :class:`AttributionTable`, on ``hidden``'s device.
 
     Raises:
         ConceptError: the model has no concept heads.
     """
     require_interpretable(model, "concept attribution")
     h = hidden
+    P, device = h.shape[0], h.device
     w_rows = model.lm_head_weight[token_ids]
     w_y = w_rows.float()
     kh, uh = model.known_head, model.unknown_head
-    if plan is not None and plan.interventions:
-        readout = plan.readout(model, h)
-        known = _intervened_known(model, h, w_y, plan)
+    interventions = plan.interventions if plan is not None else None
+    r = readout(model, h, interventions)
+    if interventions:
+        known = _intervened_known(kh, h, w_y, interventions)
     else:
-        readout = h
         known = _head_terms(kh, h, w_y, known_k or kh.k_report)
-    P = h.shape[0]
     if uh is not None:
         disc = _head_terms(uh, h, w_y, discovered_k or uh.k_report)
     else:
-        z = torch.zeros(P, 0, device=h.device)
-        disc = _HeadTerms(z.long(), z, z, torch.zeros(P, device=h.device), torch.zeros_like(w_y))
-    r = readout.float()
-    epsilon = ((r - known.features - disc.features) * w_y).sum(-1)
-    return {
-        "logits": (r * w_y).sum(-1),
-        "known_ids": known.ids, "known_weights": known.weights, "known_contrib": known.contrib,
-        "known_tail": known.tail,
-        "disc_ids": disc.ids, "disc_weights": disc.weights, "disc_contrib": disc.contrib, "disc_tail": disc.tail,
-        "epsilon": epsilon, "readout": readout, "lm_rows": w_rows,
-    }
-
-
-def _pad_cols(t: Tensor, k: int, value) -> Tensor:
-    if t.shape[1] == k:
-        return t
-    pad = torch.full((t.shape[0], k - t.shape[1]), value, dtype=t.dtype, device=t.device)
-    return torch.cat([t, pad], dim=1)
+        z = torch.zeros(P, 0, device=device)
+        disc = _HeadTerms(z.long(), z, z, torch.zeros(P, device=device), torch.zeros_like(w_y))
+    r32 = r.float()
+    logits = (r32 * w_y).sum(-1)
+    return AttributionTable(
+        positions=positions if positions is not None else torch.arange(P, device=device),
+        token_ids=token_ids, steps=torch.full((P,), step, dtype=torch.long, device=device), logits=logits,
+        model_logits=model_logits.float() if model_logits is not None else logits,
+        known_ids=known.ids, known_weights=known.weights, known_contrib=known.contrib, known_tail=known.tail,
+        disc_ids=disc.ids, disc_weights=disc.weights, disc_contrib=disc.contrib, discovered_tail=disc.tail,
+        epsilon=((r32 - known.features - disc.features) * w_y).sum(-1), readout=r, lm_rows=w_rows,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,7 +216,9 @@ class AttributionRecorder:
             prompt_ids=list(generation.prompt_ids), max_new_tokens=generation.config.max_new_tokens,
             mask_id=cfg.mask_token_id, block=cfg.diff_block_size, cfg_scale=generation.config.cfg_scale,
         )
-        self._steps: list[StepAttribution] = []
+        stop = list(generation.config.stop_tokens) + ([cfg.eot_id] if cfg.eot_id is not None else [])
+        self._stop_ids = tuple(stop)
+        self._tables: list[AttributionTable] = []  # one per step that committed tokens, rows in commit order
         self._texts: list[list[str]] = []
 
     def record(self, event: StepEvent) -> list[TokenAttribution]:
@@ -273,86 +229,37 @@ class AttributionRecorder:
         if not event.positions:
             return []
         device = event.hidden.device
-        ids = torch.tensor(event.tokens, dtype=torch.long, device=device)
-        out = attribute_hidden(self.model, event.hidden, ids, event.steering,
-                               known_k=self.known_k, discovered_k=self.discovered_k)
-        cpu = {k: v.cpu() for k, v in out.items()}
-        P = len(event.positions)
-        sa = StepAttribution(
-            positions=torch.tensor(event.positions, dtype=torch.long), token_ids=ids.cpu(),
-            steps=torch.full((P,), event.step, dtype=torch.long), logits=cpu["logits"],
-            model_logits=event.logits.float().cpu(),
-            known_ids=cpu["known_ids"], known_weights=cpu["known_weights"], known_contrib=cpu["known_contrib"],
-            known_tail=cpu["known_tail"], disc_ids=cpu["disc_ids"], disc_weights=cpu["disc_weights"],
-            disc_contrib=cpu["disc_contrib"], disc_tail=cpu["disc_tail"], epsilon=cpu["epsilon"],
-            readout=cpu["readout"], lm_rows=cpu["lm_rows"],
-        )
+        table = attribute_hidden(
+            self.model, event.hidden, torch.tensor(event.tokens, dtype=torch.long, device=device), event.steering,
+            positions=torch.tensor(event.positions, dtype=torch.long, device=device), step=event.step,
+            model_logits=event.logits, known_k=self.known_k, discovered_k=self.discovered_k,
+        ).cpu()
         texts = [self.tokenizer.token_text(t) for t in event.tokens]
-        self._steps.append(sa)
+        self._tables.append(table)
         self._texts.append(texts)
-        partial = _assemble([sa], [texts], self)
-        return [make_record(partial, i) for i in _commit_order(partial, event.positions)]
+        step = self._with_context(table, texts)
+        return [make_record(step, i) for i in range(len(step))]
 
     def attribution(self) -> ConceptAttribution:
-        """Everything recorded so far (usable mid-generation)."""
-        return _assemble(self._steps, self._texts, self)
+        """Everything recorded so far (usable mid-generation), rows sorted by position."""
+        if not self._tables:
+            return self._with_context(AttributionTable.empty(self.lm.config.n_embd, self.model.lm_head_weight.dtype), [])
+        table = AttributionTable.concat(self._tables)
+        order = torch.argsort(table.positions)
+        texts = [t for ts in self._texts for t in ts]
+        return self._with_context(table.take(order), [texts[i] for i in order.tolist()])
+
+    def _with_context(self, table: AttributionTable, texts: list[str]) -> ConceptAttribution:
+        return ConceptAttribution(
+            **table.columns(), trace=self.trace, texts=texts, catalog=self.catalog,
+            endofchunk_id=self.lm.config.endofchunk_token_id, stop_ids=self._stop_ids, tokenizer=self.tokenizer,
+        )
 
     def finish(self) -> ConceptAttribution:
         """The attribution of the whole generation, with its result when it has finished."""
         a = self.attribution()
         a.result = self.generation.result
         return a
-
-
-def _commit_order(a: ConceptAttribution, positions: list[int]) -> list[int]:
-    rows = {int(p): i for i, p in enumerate(a.positions.tolist())}
-    return [rows[p] for p in positions]
-
-
-def _assemble(steps: list[StepAttribution], texts: list[list[str]], rec: AttributionRecorder) -> ConceptAttribution:
-    cfg = rec.lm.config
-    D = cfg.n_embd
-    dtype = rec.model.lm_head_weight.dtype
-    if not steps:
-        e = torch.zeros(0)
-        el = torch.zeros(0, dtype=torch.long)
-        e2, el2 = torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.long)
-        return ConceptAttribution(
-            el, el, el, e, e, el2, e2, e2, e, el2, e2, e2, e, e, torch.zeros(0, D, dtype=dtype),
-            torch.zeros(0, D, dtype=dtype), rec.trace, [], rec.catalog, cfg.endofchunk_token_id, _stop_ids(rec),
-            tokenizer=rec.tokenizer,
-        )
-    kk = max(s.known_ids.shape[1] for s in steps)
-    ku = max(s.disc_ids.shape[1] for s in steps)
-
-    def cat(name: str, k: int | None = None, value=0.0) -> Tensor:
-        ts = [getattr(s, name) for s in steps]
-        if k is not None:
-            ts = [_pad_cols(t, k, value) for t in ts]
-        return torch.cat(ts)
-
-    positions = cat("positions")
-    order = torch.argsort(positions)
-    flat_texts = [t for ts in texts for t in ts]
-    pick = lambda t: t[order]  # noqa: E731
-    return ConceptAttribution(
-        positions=pick(positions), token_ids=pick(cat("token_ids")), steps=pick(cat("steps")),
-        logits=pick(cat("logits")), model_logits=pick(cat("model_logits")),
-        known_ids=pick(cat("known_ids", kk, -1)), known_weights=pick(cat("known_weights", kk)),
-        known_contrib=pick(cat("known_contrib", kk)), known_tail=pick(cat("known_tail")),
-        disc_ids=pick(cat("disc_ids", ku, -1)), disc_weights=pick(cat("disc_weights", ku)),
-        disc_contrib=pick(cat("disc_contrib", ku)), discovered_tail=pick(cat("disc_tail")),
-        epsilon=pick(cat("epsilon")), readout=pick(cat("readout")), lm_rows=pick(cat("lm_rows")),
-        trace=rec.trace, texts=[flat_texts[i] for i in order.tolist()], catalog=rec.catalog,
-        endofchunk_id=cfg.endofchunk_token_id, stop_ids=_stop_ids(rec), tokenizer=rec.tokenizer,
-    )
-
-
-def _stop_ids(rec: AttributionRecorder) -> tuple[int, ...]:
-    ids = list(rec.generation.config.stop_tokens)
-    if rec.lm.config.eot_id is not None:
-        ids.append(rec.lm.config.eot_id)
-    return tuple(ids)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Results of concept attribution: per-token records, the whole generation's tensors, checks, export.
+"""Results of concept attribution: per-token records, the whole generation's attribution, chunks, export.
 
-See :mod:`steerling_lite.interpret.attribution` for how the parts are computed.
+The tensors and their exactness check are :mod:`steerling_lite.interpret.attribution_table`'s;
+:mod:`steerling_lite.interpret.attribution` computes them.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..atomic import write_text_atomic
+from .attribution_table import AttributionTable
+from .chunks import ChunkAttribution, chunk_attribution, find_chunks
 from .concepts import ConceptCatalog
 from ..generation.generate import GenerationResult
 from ..generation.trace import GenerationTrace
@@ -124,70 +126,25 @@ class TokenAttribution:
         }
 
 
-@dataclass(frozen=True)
-class VerificationResult:
-    """Outcome of :meth:`ConceptAttribution.verify`.
-
-    Attributes:
-        passed: every token's ``|parts - logit| <= atol``.
-        max_abs_error: the largest such error (logits).
-        mean_abs_error: its mean.
-        atol: the tolerance used.
-        n_tokens: tokens checked.
-        model_logit_max_error: largest ``|fp32 logit - the logit the sampler saw|``: the model
-            dtype's rounding of the LM head (about 1e-2 in bf16), informational.
-    """
-
-    passed: bool
-    max_abs_error: float
-    mean_abs_error: float
-    atol: float
-    n_tokens: int
-    model_logit_max_error: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # ---------------------------------------------------------------------------------------
 # a whole generation
 
 
 @dataclass
-class ConceptAttribution:
-    """Concept attribution of every committed token of a generation (rows sorted by position).
+class ConceptAttribution(AttributionTable):
+    """Concept attribution of every committed token of a generation: an :class:`AttributionTable`
+    (rows sorted by position) and its context.
 
     Attributes:
-        positions: ``(N,)`` long absolute positions.
-        token_ids, steps: ``(N,)`` long.
-        logits: ``(N,)`` fp32 ``r · W_lm[y]``.
-        model_logits: ``(N,)`` fp32 the logit the sampler saw (model dtype rounding).
-        known_ids / known_weights / known_contrib: ``(N, Kk)``; id -1 marks padding.
-        known_tail, discovered_tail, epsilon: ``(N,)`` fp32.
-        disc_ids / disc_weights / disc_contrib: ``(N, Ku)``.
-        readout, lm_rows: ``(N, D)`` model dtype, kept for :meth:`verify`.
+        (the table's tensors): see :class:`AttributionTable`.
         trace: the generation's :class:`GenerationTrace` (for input attribution).
         texts: display text per row.
         catalog: labels.
+        endofchunk_id, stop_ids: the tokens that split and end chunks (:meth:`chunks`).
         result: the :class:`GenerationResult`, when the generation finished.
+        tokenizer: decodes a chunk's text (when None, the rows' texts are joined).
     """
 
-    positions: Tensor
-    token_ids: Tensor
-    steps: Tensor
-    logits: Tensor
-    model_logits: Tensor
-    known_ids: Tensor
-    known_weights: Tensor
-    known_contrib: Tensor
-    known_tail: Tensor
-    disc_ids: Tensor
-    disc_weights: Tensor
-    disc_contrib: Tensor
-    discovered_tail: Tensor
-    epsilon: Tensor
-    readout: Tensor
-    lm_rows: Tensor
     trace: GenerationTrace
     texts: list[str]
     catalog: ConceptCatalog
@@ -196,34 +153,9 @@ class ConceptAttribution:
     result: GenerationResult | None = None
     tokenizer: Any = None
 
-    def __len__(self) -> int:
-        return int(self.positions.numel())
-
     @property
     def prompt_len(self) -> int:
         return self.trace.prompt_len
-
-    # ---- checks ------------------------------------------------------------------------
-    def verify(self, atol: float = 1e-3) -> VerificationResult:
-        """Check ``known + known_tail + discovered + discovered_tail + epsilon == logit`` per token.
-
-        The right side is recomputed now, in fp32, from the stored read-out vector and LM row
-        (``r · W_lm[y]``); the left side is the sum of the stored parts, each computed from the
-        concept heads. Holds to fp32 rounding whatever the precision of the transformer
-        layers (bf16, int8, nf4), since both sides read the same ``r``.
-        """
-        n = len(self)
-        if n == 0:
-            return VerificationResult(True, 0.0, 0.0, atol, 0, 0.0)
-        rhs = (self.readout.float() * self.lm_rows.float()).sum(-1)
-        lhs = (self.known_contrib.sum(-1) + self.known_tail + self.disc_contrib.sum(-1)
-               + self.discovered_tail + self.epsilon)
-        err = (lhs - rhs).abs()
-        model_err = (self.model_logits - rhs).abs()
-        return VerificationResult(
-            passed=bool((err <= atol).all()), max_abs_error=float(err.max()), mean_abs_error=float(err.mean()),
-            atol=atol, n_tokens=n, model_logit_max_error=float(model_err.max()),
-        )
 
     # ---- per token -----------------------------------------------------------------------
     def row_of(self, position: int) -> int:
@@ -248,25 +180,27 @@ class ConceptAttribution:
     def _record(self, i: int) -> TokenAttribution:
         return make_record(self, i)
 
-    def decomposition(self) -> Tensor:
-        """Per-token logit decomposition ``(N, 5)`` fp32, columns ``known, known_tail, discovered,
-        discovered_tail, epsilon`` (logits; they sum to :attr:`logits`)."""
-        return torch.stack([self.known_contrib.sum(-1), self.known_tail, self.disc_contrib.sum(-1),
-                            self.discovered_tail, self.epsilon], dim=-1)
-
-    def shares(self) -> Tensor:
-        """``(N, 3)`` signed known / discovered / epsilon shares (see :attr:`TokenAttribution.shares`)."""
-        d = self.decomposition()
-        parts = torch.stack([d[:, 0] + d[:, 1], d[:, 2] + d[:, 3], d[:, 4]], dim=-1)
-        return parts / parts.abs().sum(-1, keepdim=True).clamp_min(1e-12)
-
     # ---- chunks ------------------------------------------------------------------------
-    def chunks(self, spans: Sequence[tuple[int, int]] | None = None):
-        """Chunk attribution (:func:`~steerling_lite.interpret.chunks.chunk_attribution`): over ``spans``
-        (absolute ``[start, end)`` positions), default the generated text split at ``<|endofchunk|>``."""
-        from .chunks import chunk_attribution
+    def chunk_spans(self) -> list[tuple[int, int]]:
+        """The generated region split at ``<|endofchunk|>``, cut at the first stop token: absolute
+        ``[start, end)`` spans (:func:`~steerling_lite.interpret.chunks.find_chunks`)."""
+        return find_chunks(self.trace.sequence(), self.endofchunk_id, start=self.prompt_len, stop_ids=self.stop_ids)
 
-        return chunk_attribution(self, spans)
+    def text_of(self, rows: Sequence[int]) -> str:
+        """The text of rows ``rows`` (decoded together when a tokenizer is known)."""
+        if self.tokenizer is not None:
+            return self.tokenizer.decode([int(self.token_ids[r]) for r in rows])
+        return "".join(self.texts[r] for r in rows)
+
+    def chunks(self, spans: Sequence[tuple[int, int]] | None = None) -> list[ChunkAttribution]:
+        """Chunk attribution (:func:`~steerling_lite.interpret.chunks.chunk_attribution`): over ``spans``
+        (absolute ``[start, end)`` positions), default :meth:`chunk_spans`.
+
+        Raises:
+            ValueError: a span with ``end <= start`` or outside the sequence.
+        """
+        spans = self.chunk_spans() if spans is None else spans
+        return chunk_attribution(self, spans, self.trace.length, self.catalog.label, self.text_of)
 
     # ---- export ------------------------------------------------------------------------
     def to_dict(self, top: int | None = None) -> dict[str, Any]:

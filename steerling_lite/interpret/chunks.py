@@ -13,14 +13,13 @@ reference has one residual where we have three parts; with empty tails the two a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from .attribution import ConceptAttribution
+from .attribution_table import AttributionTable
 
 
 def find_chunks(
@@ -103,38 +102,42 @@ class ChunkAttribution:
         }
 
 
-def default_spans(attr: ConceptAttribution) -> list[tuple[int, int]]:
-    """The generated region of ``attr`` split at ``<|endofchunk|>``, cut at the first stop token."""
-    return find_chunks(attr.trace.sequence(), attr.endofchunk_id, start=attr.prompt_len, stop_ids=attr.stop_ids)
+def chunk_attribution(
+    table: AttributionTable, spans: Sequence[tuple[int, int]], length: int,
+    label: Callable[[int, str], str], text: Callable[[list[int]], str],
+) -> list[ChunkAttribution]:
+    """One :class:`ChunkAttribution` per span of ``table``'s rows (see the module doc);
+    :meth:`~steerling_lite.interpret.attribution_result.ConceptAttribution.chunks` is the usual way in.
 
-
-def chunk_attribution(attr: ConceptAttribution, spans: Sequence[tuple[int, int]] | None = None) -> list[ChunkAttribution]:
-    """One :class:`ChunkAttribution` per span (default :func:`default_spans`).
+    Args:
+        table: the attribution of the committed tokens.
+        spans: absolute ``[start, end)`` positions.
+        length: the sequence's length (prompt included); spans must lie in ``[0, length]``.
+        label: ``label(concept_id, head)`` -> display label.
+        text: ``text(rows)`` -> the text of those rows of ``table``.
 
     Raises:
         ValueError: a span with ``end <= start`` or outside the sequence.
     """
-    spans = default_spans(attr) if spans is None else list(spans)
-    length = attr.trace.length
     out = []
-    pos = attr.positions
+    pos = table.positions
     for start, end in spans:
         start, end = int(start), int(end)
         if not 0 <= start < end <= length:
             raise ValueError(f"chunk span [{start}, {end}) is empty or outside the sequence (0..{length})")
         rows = ((pos >= start) & (pos < end)).nonzero().flatten()
         T = end - start
-        k_c, u_c = attr.known_contrib[rows], attr.disc_contrib[rows]
-        k_tail, u_tail, eps = attr.known_tail[rows], attr.discovered_tail[rows], attr.epsilon[rows]
+        k_c, u_c = table.known_contrib[rows], table.disc_contrib[rows]
+        k_tail, u_tail, eps = table.known_tail[rows], table.discovered_tail[rows], table.epsilon[rows]
         mass = (k_c.abs().sum(-1) + k_tail.abs() + u_c.abs().sum(-1) + u_tail.abs() + eps.abs()).clamp_min(1e-8)
         concepts: list[ChunkConcept] = []
-        for head, ids, contrib in (("known", attr.known_ids[rows], k_c), ("discovered", attr.disc_ids[rows], u_c)):
+        for head, ids, contrib in (("known", table.known_ids[rows], k_c), ("discovered", table.disc_ids[rows], u_c)):
             norm = (contrib / mass.unsqueeze(-1)).reshape(-1)
             flat = ids.reshape(-1)
             valid = flat >= 0
             uniq, inv = flat[valid].unique(return_inverse=True)
             agg = torch.zeros(len(uniq)).scatter_add_(0, inv, norm[valid])
-            concepts += [ChunkConcept(int(c), head, attr.catalog.label(int(c), head), float(m) / T)
+            concepts += [ChunkConcept(int(c), head, label(int(c), head), float(m) / T)
                          for c, m in zip(uniq.tolist(), agg.tolist())]
         concepts.sort(key=lambda c: -abs(c.contribution))
         n = int(rows.numel())
@@ -142,11 +145,6 @@ def chunk_attribution(attr: ConceptAttribution, spans: Sequence[tuple[int, int]]
         def mean_share(x: torch.Tensor) -> float:
             return float((x / mass).mean()) if n else 0.0
 
-        ids_in = [int(attr.token_ids[r]) for r in rows.tolist()]
-        if attr.tokenizer is not None:
-            text = attr.tokenizer.decode(ids_in)
-        else:
-            text = "".join(attr.texts[r] for r in rows.tolist())
-        out.append(ChunkAttribution(start, end, text, n, tuple(concepts), mean_share(k_tail), mean_share(u_tail),
-                                    mean_share(eps)))
+        out.append(ChunkAttribution(start, end, text(rows.tolist()), n, tuple(concepts), mean_share(k_tail),
+                                    mean_share(u_tail), mean_share(eps)))
     return out

@@ -1,4 +1,4 @@
-"""The concept catalog: labels of known and discovered concepts, search, groups, and what a concept does.
+"""The concept catalog: labels of known and discovered concepts, search and groups.
 
 Guide Labs publish the labels as ``concept_labels.parquet`` (Hugging Face repo
 ``guidelabs/steerling``; ../shared/STEERLING_FORMAT.md §1) with the columns
@@ -18,9 +18,8 @@ labels ``known #id`` / ``discovered #id``.
 
 Search ranks by whole-word matches of the query's words, three points per match in
 the name and one in the description, as the reference's ``ConceptCatalog.search``.
-:func:`concept_top_tokens` (the vocabulary a concept promotes in the loaded weights) is
-the reliable cross-check of what an id means; :func:`concepts_for_token` goes the
-other way.
+What a concept does in the loaded weights (the vocabulary it promotes, the reliable
+cross-check of what an id means) is :mod:`steerling_lite.interpret.concept_tokens`.
 """
 
 from __future__ import annotations
@@ -28,18 +27,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-import operator
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import Tensor
-
-from ..errors import ConceptError, SteerlingError, require_interpretable
+from ..errors import ConceptError
+from ..model.concept_heads import as_concept_id
 
 Head = Literal["known", "discovered"]
 
@@ -64,21 +60,6 @@ def normalize_head(head: str) -> Head:
     if h in ("discovered", "unknown"):
         return "discovered"
     raise ConceptError(f"concept head {head!r}: expected 'known' or 'discovered' (the file's 'unknown')")
-
-
-def as_concept_id(value: Any, head: str = "known") -> int:
-    """``value`` as a concept id: an int (or an integer-valued index type, or a string of digits).
-
-    Raises:
-        ConceptError: a bool, float, or anything else that is not an integer.
-    """
-    if not isinstance(value, bool):
-        try:
-            return operator.index(value)
-        except TypeError:
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
-    raise ConceptError(f"{head} concept id {value!r} is not an integer")
 
 
 def fallback_label(concept_id: int, head: str = "known") -> str:
@@ -447,116 +428,3 @@ class ConceptCatalog:
                 name, ids = out.setdefault(c.group_id, (c.group_name, []))
                 ids.append(c.concept_id)
         return out
-
-
-# ---------------------------------------------------------------------------------------
-# what a concept does in the loaded weights
-
-
-@dataclass(frozen=True)
-class TokenScore:
-    """A vocabulary token and its alignment with a concept: ``(E[c] / |E[c]|) · W_lm[token]``, logit units."""
-
-    token_id: int
-    text: str
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ConceptScore:
-    """A concept and its alignment with a token (same score as :class:`TokenScore`)."""
-
-    concept_id: int
-    head: Head
-    label: str
-    score: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def concept_vectors(model, concept_ids: Sequence[int] | Tensor, head: str = "known") -> Tensor:
-    """Concept vectors ``E[ids]`` ``(K, D)`` fp32 of the known or discovered head.
-
-    Raises:
-        ConceptError: no concept heads / no discovered head, or an id out of range.
-    """
-    h = normalize_head(head)
-    require_interpretable(model, "concept vectors")
-    mod = model.known_head if h == "known" else model.unknown_head
-    if mod is None:
-        raise ConceptError("this model has no discovered-concept head")
-    ids = torch.as_tensor(concept_ids, dtype=torch.long, device=model.lm_head_weight.device).reshape(-1)
-    bad = ids[(ids < 0) | (ids >= mod.n_concepts)]
-    if bad.numel():
-        raise ConceptError(f"{h} concept id {int(bad[0])} is out of range (0..{mod.n_concepts - 1})")
-    return mod.embedding(ids).float()
-
-
-def _token_id(lm, token: int | str) -> int:
-    vocab = lm.config.vocab_size
-    if isinstance(token, str):
-        ids = lm.tokenizer.encode_with_specials(token)
-        if len(ids) != 1:
-            raise ConceptError(f"{token!r} is {len(ids)} tokens ({ids}); give a single token or its id")
-        return ids[0]
-    t = int(token)
-    if not 0 <= t < vocab:
-        raise ConceptError(f"token id {t} is outside the vocabulary (0..{vocab - 1})")
-    return t
-
-
-@torch.inference_mode()
-def concept_top_tokens(lm, concept_id: int, k: int = 15, head: str = "known") -> list[TokenScore]:
-    """The ``k`` vocabulary tokens concept ``concept_id`` most promotes: ``W_lm · E[c] / |E[c]|``
-    (reference ``SteerlingGenerator.concept_top_tokens``), highest first.
-
-    Raises:
-        ConceptError: no concept heads, or an id out of range.
-    """
-    from ..generation.steering import lm_alignment
-
-    v = concept_vectors(lm.model, [concept_id], head)[0]
-    v = v / (v.norm() + 1e-12)
-    scores = lm_alignment(lm.model, v)
-    vals, idx = scores.topk(min(k, scores.numel()))
-    return [TokenScore(int(i), lm.tokenizer.token_text(int(i)), float(s)) for i, s in zip(idx.tolist(), vals.tolist())]
-
-
-@torch.inference_mode()
-def concepts_for_token(lm, token: int | str, k: int = 10, head: str = "known",
-                       catalog: ConceptCatalog | None = None) -> list[ConceptScore]:
-    """The ``k`` concepts of ``head`` whose unit vector is most aligned with token ``token``'s LM
-    row: ``(E[c] / |E[c]|) · W_lm[token]``, highest first (the score :func:`concept_top_tokens`
-    ranks tokens by). ``token`` is an id or the text of one token.
-
-    Raises:
-        ConceptError: no concept heads, a text that is not one token, an id out of range.
-    """
-    h = normalize_head(head)
-    require_interpretable(lm.model, "concept lookup")
-    tid = _token_id(lm, token)
-    w = lm.model.lm_head_weight[tid].float()
-    if h == "known":
-        mod = lm.model.known_head
-        E = mod.embedding(torch.arange(mod.n_concepts, device=w.device)).float()
-        scores = (E @ w) / (E.norm(dim=-1) + 1e-12)
-    else:
-        mod = lm.model.unknown_head
-        if mod is None:
-            raise ConceptError("this model has no discovered-concept head")
-        if mod.factorized:  # E = coef · basisᵀ: stay in rank space (E is 101k x 4096 for 8B)
-            coef = mod.embedding_coef.weight[: mod.n_concepts].float()
-            basis = mod.embedding_basis.weight.float()  # (D, r)
-            dots = coef @ (basis.t() @ w)
-            norms = ((coef @ (basis.t() @ basis)) * coef).sum(-1).clamp_min(0).sqrt()
-            scores = dots / (norms + 1e-12)
-        else:
-            E = mod.concept_embedding.weight[: mod.n_concepts].float()
-            scores = (E @ w) / (E.norm(dim=-1) + 1e-12)
-    vals, idx = scores.topk(min(k, scores.numel()))
-    cat = catalog or ConceptCatalog()
-    return [ConceptScore(int(i), h, cat.label(int(i), h), float(s)) for i, s in zip(idx.tolist(), vals.tolist())]

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import ConceptError, require_interpretable
 from ..model.concept_heads import decompose
-from .concepts import ConceptError
 
 EmbeddingKind = Literal["hidden", "composed", "known", "discovered"]
 Pooling = Literal["mean", "last", "first", "none"]
@@ -113,8 +113,8 @@ def embed(lm, text: str | Sequence[int] | Sequence[str], kind: str = "composed",
     if not isinstance(text, str) and len(text) and isinstance(text[0], str):
         parts = [embed(lm, t, k, pooling) for t in text]  # type: ignore[arg-type]
         return parts if pooling == "none" else torch.stack(parts)  # type: ignore[return-value]
-    if k in ("known", "discovered") and lm.model.known_head is None:
-        raise ConceptError(f"{k} embeddings need an interpretable checkpoint (with concept heads); this one has none")
+    if k in ("known", "discovered"):
+        require_interpretable(lm.model, f"the {k} embedding")
     if k == "discovered" and lm.model.unknown_head is None:
         raise ConceptError("discovered embeddings need a discovered-concept head; this checkpoint has none")
     return embed_all(lm, text, pooling)[k]  # type: ignore[arg-type]

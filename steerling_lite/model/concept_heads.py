@@ -11,19 +11,50 @@ and return the weighted sum of their embeddings (reference: ``steerling==0.2.0``
 
 :func:`decompose` then composes ``known + discovered + epsilon`` as the reference's
 ``InterpretableCausalDiffusionLM.forward`` does (§4 of the format note).
+
+This module is the one home of concept-space math; steering, attribution and the
+catalog's alignment lookups call it:
+
+- the heads' selection (:meth:`_ConceptHead.forward`, :meth:`_ConceptHead.features_top_k`);
+- dot products of concept vectors with LM-head rows: of every concept
+  (:meth:`_ConceptHead.lm_dots`, :meth:`_ConceptHead.embedding_norms`,
+  :meth:`_ConceptHead.alignment`; in rank space for a factorized head, whose ``E`` is
+  101k x 4096 for Steerling-8B) and of selected ones (:meth:`_ConceptHead.selected_lm_dots`);
+- concept interventions (:func:`intervened_known_weights`, :func:`intervened_known_features`)
+  and the vector the LM head reads (:func:`readout`);
+- alignment of any vectors with the whole vocabulary (:func:`lm_alignment`).
 """
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..errors import ConceptError
 from ..loading.config import ConceptConfig
 
 LOGIT_CLAMP = 15.0
+NORM_EPS = 1e-12  # added to a norm before dividing by it (unit concept vectors and directions)
+
+
+def as_concept_id(value: Any, head: str = "known") -> int:
+    """``value`` as a concept id: an int (or an integer-valued index type, or a string of digits).
+
+    Raises:
+        ConceptError: a bool, float, or anything else that is not an integer (naming ``head``).
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+    raise ConceptError(f"{head} concept id {value!r} is not an integer")
 
 
 @dataclass
@@ -67,27 +98,55 @@ class _ConceptHead(nn.Module):
         emb = self.embedding(idx)
         return torch.einsum("nk,nkd->nd", weights.to(emb.dtype), emb)
 
+    def features_top_k(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """The feature top-k of a head with one (``k_features`` set): ids ``(N, k)`` long by
+        descending logit and their logits ``(N, k)`` fp32, recomputed from the selected rows
+        (the reference's order of operations)."""
+        assert self.k_features is not None
+        idx = self.all_logits(h).topk(min(self.k_features, self.n_concepts), dim=-1).indices
+        return idx, self.selected_logits(h, idx)
+
     def forward(self, h: Tensor) -> HeadOutput:
         """Top-k decomposition of ``h`` ``(N, D)``; see :class:`HeadOutput`."""
-        logits = self.all_logits(h)
         if self.k_features is None:
+            logits = self.all_logits(h)
             weights = torch.sigmoid(logits)
             features = self.mix_all(weights).to(h.dtype)
             sel_logits, idx = logits.topk(min(self.k_report, self.n_concepts), dim=-1)
             return HeadOutput(features, idx, sel_logits)
-        k = min(self.k_features, self.n_concepts)
-        idx = logits.topk(k, dim=-1).indices
-        sel_logits = self.selected_logits(h, idx)
+        idx, sel_logits = self.features_top_k(h)
         features = self.mix(torch.sigmoid(sel_logits), idx).to(h.dtype)
-        if self.k_report < k:  # reference: re-rank the feature top-k by logit, keep topk_known
+        if self.k_report < idx.shape[-1]:  # reference: re-rank the feature top-k by logit, keep topk_known
             order = sel_logits.topk(self.k_report, dim=-1).indices
             idx, sel_logits = idx.gather(-1, order), sel_logits.gather(-1, order)
         return HeadOutput(features, idx, sel_logits)
 
     def mix_all(self, weights: Tensor) -> Tensor:
         """``weights (N, C) @ E[:C]`` in fp32 (the no-top-k path)."""
-        all_idx = torch.arange(self.n_concepts, device=weights.device)
-        return weights @ self.embedding(all_idx).float()
+        return weights @ self.all_embeddings()
+
+    def all_embeddings(self) -> Tensor:
+        """Every concept vector ``E[:C]`` ``(C, D)`` fp32 (of a dense head, ``concept_embedding``; a
+        factorized head overrides the methods that would need it, to stay in rank space)."""
+        return self.concept_embedding.weight[: self.n_concepts].float()
+
+    def lm_dots(self, rows: Tensor) -> Tensor:
+        """``rows[p] · E[c]`` for every concept: ``(P, D)`` fp32 rows (e.g. LM-head rows ``W_lm[y]``)
+        -> ``(P, C)`` fp32."""
+        return rows @ self.all_embeddings().t()
+
+    def selected_lm_dots(self, idx: Tensor, rows: Tensor) -> Tensor:
+        """``E[idx[p, j]] · rows[p]`` ``(P, k)`` fp32 for ids ``idx`` ``(P, k)`` and fp32 rows ``(P, D)``."""
+        return torch.einsum("pkd,pd->pk", self.embedding(idx).float(), rows)
+
+    def embedding_norms(self) -> Tensor:
+        """``|E[c]|`` ``(C,)`` fp32 of every concept."""
+        return self.all_embeddings().norm(dim=-1)
+
+    def alignment(self, rows: Tensor) -> Tensor:
+        """``(E[c] / |E[c]|) · rows[p]`` ``(P, C)`` fp32 for fp32 rows ``(P, D)``: how much each concept's
+        unit vector points along each row (reference ``concept_top_tokens``' score, read the other way)."""
+        return self.lm_dots(rows) / (self.embedding_norms() + NORM_EPS)
 
 
 class KnownHead(_ConceptHead):
@@ -173,6 +232,19 @@ class UnknownHead(_ConceptHead):
         coef = self.embedding_coef.weight[: self.n_concepts].float()
         return (weights @ coef) @ self.embedding_basis.weight.t().float()
 
+    def lm_dots(self, rows: Tensor) -> Tensor:
+        if not self.factorized:
+            return super().lm_dots(rows)
+        coef = self.embedding_coef.weight[: self.n_concepts].float()  # (C, r)
+        return (rows @ self.embedding_basis.weight.float()) @ coef.t()  # rows · basis: (P, r)
+
+    def embedding_norms(self) -> Tensor:
+        if not self.factorized:
+            return super().embedding_norms()
+        coef = self.embedding_coef.weight[: self.n_concepts].float()
+        basis = self.embedding_basis.weight.float()  # (D, r)
+        return ((coef @ (basis.t() @ basis)) * coef).sum(-1).clamp_min(0).sqrt()  # |coef · basisᵀ| via the Gram matrix
+
 
 @dataclass
 class Decomposition:
@@ -216,3 +288,62 @@ def decompose(
     else:
         epsilon = torch.zeros_like(hidden)
     return Decomposition(hidden, known, unknown, epsilon, unk + known_feat)
+
+
+# ---------------------------------------------------------------------------------------
+# concept interventions and the read-out
+
+
+def intervened_known_weights(head: KnownHead, hidden: Tensor, interventions: dict[int, float]) -> tuple[Tensor, Tensor]:
+    """Known-concept weights under a concept intervention (the reference's dense intervention
+    path): ``sigmoid`` of every concept's logit, all but the top ``k_report`` zeroed, then the
+    intervened concepts set to their values.
+
+    Args:
+        head: the known head.
+        hidden: ``(N, D)`` final hidden states (after ln_f).
+        interventions: known concept id -> the weight it is set to.
+
+    Returns:
+        ``(weights, top_ids)``: ``(N, C)`` fp32 weights, and ``(N, k)`` long the top-k ids before
+        the overrides (by descending weight).
+    """
+    weights = torch.sigmoid(head.all_logits(hidden))
+    top = weights.topk(min(head.k_report, head.n_concepts), dim=-1)
+    weights = torch.zeros_like(weights).scatter_(-1, top.indices, top.values)
+    ids = torch.tensor(list(interventions), dtype=torch.long, device=hidden.device)
+    weights[:, ids] = torch.tensor(list(interventions.values()), dtype=weights.dtype, device=hidden.device)
+    return weights, top.indices
+
+
+def intervened_known_features(head: KnownHead, hidden: Tensor, interventions: dict[int, float]) -> Tensor:
+    """``Σ_c w_c E_k[c]`` ``(N, D)`` in ``hidden``'s dtype with the weights of
+    :func:`intervened_known_weights` (summed in fp32)."""
+    weights, _ = intervened_known_weights(head, hidden, interventions)
+    return head.mix_all(weights).to(hidden.dtype)
+
+
+def readout(model, hidden: Tensor, interventions: dict[int, float] | None = None) -> Tensor:
+    """The vector the LM head reads for final hidden states ``hidden`` ``(N, D)`` of ``model`` (a
+    ``SteerlingModel``): with ``interventions`` (known id -> weight) the composed state with the
+    intervened known features and no epsilon correction (reference), else ``hidden`` itself."""
+    if not interventions:
+        return hidden
+    known = intervened_known_features(model.known_head, hidden, interventions)
+    return decompose(hidden, model.known_head, model.unknown_head, model.cfg.concept.use_epsilon_correction,
+                     known_override=known).composed
+
+
+def lm_alignment(model, vectors: Tensor, chunk: int = 16384) -> Tensor:
+    """``vectors · W_lmᵀ`` in fp32 for ``model``'s LM head ``W_lm`` ``(V, D)``: ``(D,)`` -> ``(V,)``
+    or ``(K, D)`` -> ``(K, V)`` (logit units).
+
+    W is converted to fp32 a chunk of rows at a time (a full fp32 copy of an 8B model's
+    LM head would be 1.6 GB); the products are oriented as the reference's
+    (``W @ d`` for one direction, ``E @ Wᵀ`` for several).
+    """
+    w = model.lm_head_weight
+    v = vectors.float()
+    if v.dim() == 1:
+        return torch.cat([w[i:i + chunk].float() @ v for i in range(0, w.shape[0], chunk)])
+    return torch.cat([v @ w[i:i + chunk].float().t() for i in range(0, w.shape[0], chunk)], dim=-1)
