@@ -29,12 +29,35 @@ NESTED_BLOCKSIZE = 256  # bitsandbytes quantize_4bit(compress_statistics=True): 
 NESTED_CODE_SIZE = 256  # the 8-bit dynamic map of the nested absmax
 FOUR_BIT_CODE_SIZE = 16
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# the float dtypes weights are kept in, by the short names users type (--dtype, --compute-dtype);
+# torch's own names (bfloat16, ...) are accepted too. The one dtype table of the project.
+FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` -> ``"bfloat16"``."""
+    """``torch.bfloat16`` -> ``"bfloat16"`` (torch's name, as written in JSON files)."""
     return str(dtype).removeprefix("torch.")
+
+
+def short_dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bf16"`` (the :data:`FLOAT_DTYPES` name; torch's name for others)."""
+    return next((k for k, v in FLOAT_DTYPES.items() if v == dtype), dtype_name(dtype))
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"bf16"`` or ``"bfloat16"`` (any :data:`FLOAT_DTYPES` name or torch's name of one) -> ``torch.bfloat16``;
+    a ``torch.dtype`` is returned as is.
+
+    Raises:
+        ValueError: an unknown name, naming it and the accepted ones.
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    for short, dtype in FLOAT_DTYPES.items():
+        if name in (short, dtype_name(dtype)):
+            return dtype
+    names = [n for short, d in FLOAT_DTYPES.items() for n in (short, dtype_name(d))]
+    raise ValueError(f"dtype {name!r}: expected one of {', '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,7 @@ class QuantConfig:
             raise ValueError(f"int8_threshold must be a finite number >= 0, got {self.int8_threshold}")
         if self.blocksize not in BLOCKSIZES:
             raise ValueError(f"blocksize {self.blocksize}: bitsandbytes supports {', '.join(map(str, BLOCKSIZES))}")
-        if self.compute_dtype not in COMPUTE_DTYPES.values():
+        if self.compute_dtype not in FLOAT_DTYPES.values():
             raise ValueError(f"compute_dtype {self.compute_dtype}: expected bfloat16, float16 or float32")
 
     @property
@@ -132,7 +155,7 @@ class QuantConfig:
             ValueError: a missing or invalid field, naming ``source``.
         """
         try:
-            dtype = COMPUTE_DTYPES[str(data["compute_dtype"])]
+            dtype = parse_dtype(str(data["compute_dtype"]))
             return cls(
                 method=str(data["method"]), int8_threshold=float(data["int8_threshold"]),
                 double_quant=bool(data["double_quant"]), blocksize=int(data["blocksize"]), compute_dtype=dtype,

@@ -1,42 +1,49 @@
 """What memory a machine has: RAM from psutil, GPU memory from ``torch.cuda.mem_get_info``.
 
-Sizes are bytes everywhere; :func:`parse_size` reads user input such as ``6GiB`` or
-``8GB`` (accelerate's rules: ``GiB`` = 2**30, ``GB`` = 10**9) and :func:`format_size`
-prints binary units as memory tools do.
+Sizes are bytes everywhere. This is the one home of sizes as users write and read them:
+:func:`parse_size` reads ``6GiB`` or ``8GB`` (accelerate's units: ``GiB`` = 2**30, ``GB`` =
+10**9; a bare number is bytes) and :func:`fmt_bytes` prints binary units as memory tools do.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 GiB = 2**30
 MiB = 2**20
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]i?b|b)?\s*", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, **{f"{p}b": 1000 ** (i + 1) for i, p in enumerate("kmgt")},
+               **{f"{p}ib": 1024 ** (i + 1) for i, p in enumerate("kmgt")}}
+
+
 def parse_size(text: str | int) -> int:
-    """``"6GiB"`` -> 6442450944, ``"8GB"`` -> 8000000000, ``1234`` -> 1234 (accelerate's
-    ``convert_file_size_to_int``).
+    """A size as users write it -> bytes: ``"6GiB"`` -> 6442450944, ``"8GB"`` / ``"8 gb"`` ->
+    8000000000, ``"1.5MiB"`` -> 1572864, ``"1234"`` / ``1234`` -> 1234.
+
+    The units are accelerate's (``max_memory={0: "10GiB"}``): ``KiB`` / ``MiB`` / ``GiB`` /
+    ``TiB`` are powers of 1024, ``KB`` / ``MB`` / ``GB`` / ``TB`` powers of 1000, ``B`` bytes;
+    a bare number is bytes; case and spaces do not matter. Written here rather than with
+    accelerate's ``convert_file_size_to_int`` because that one reads ``8gb`` as gigabits and
+    refuses a bare number given as text.
 
     Raises:
         ValueError: text that is not a size, naming it and the accepted forms.
     """
-    if isinstance(text, int):
+    if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"size {text}: must be >= 0")
         return text
-    from accelerate.utils import convert_file_size_to_int
-
-    try:
-        value = convert_file_size_to_int(text.strip())
-    except (ValueError, AttributeError):
-        value = None
-    if value is None or value < 0:
+    m = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
         raise ValueError(f"size {text!r}: expected a number of bytes or e.g. 6GiB, 500MiB, 8GB")
-    return int(value)
+    return int(float(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()])
 
 
-def format_size(n: float) -> str:
-    """``1536`` -> ``1.5 KiB`` (binary units)."""
+def fmt_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``: binary units, as memory tools print them (``B`` to ``TiB``)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

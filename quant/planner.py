@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .memory import GiB, format_size
+from .memory import GiB, fmt_bytes
 
 GPU_RESERVE = GiB  # CUDA context + allocator slack
 CPU_HEADROOM = GiB  # RAM left to the OS and other programs when the budget is "what is available"
@@ -194,7 +194,7 @@ def plan_placement(units: Sequence[Unit], workload: Workload, budget: Budget, na
     if budget.gpu is not None:
         fixed = sum(u.nbytes for u in units if not u.offloadable)
         need = budget.gpu_reserve + fixed + workload.kv_cache + workload.workspace
-        plan.notes.insert(0, f"GPU budget {format_size(budget.gpu)} is below the {format_size(need)} that must stay on "
+        plan.notes.insert(0, f"GPU budget {fmt_bytes(budget.gpu)} is below the {fmt_bytes(need)} that must stay on "
                              "the GPU (CUDA context, resident weights, KV cache, workspace): running on the CPU")
     return plan
 
@@ -215,7 +215,7 @@ def _place_host(units: list[Unit], placement: dict[str, str], devices: dict[str,
             if not budget.disk:
                 ok = False
     if not ok:
-        notes.append(f"{format_size(devices['disk'].weights)} of weights do not fit in RAM: give an offload "
+        notes.append(f"{fmt_bytes(devices['disk'].weights)} of weights do not fit in RAM: give an offload "
                      "directory (--offload-dir) to offload them to disk, or choose a smaller precision")
     return ok
 
@@ -260,7 +260,7 @@ def _plan_gpu(units: list[Unit], workload: Workload, budget: Budget, name: str) 
                         "for each forward (slower)")
     if h.peak > budget.cpu:
         ok = False
-        notes.append(f"RAM: needs {format_size(h.peak)}, budget {format_size(budget.cpu)}")
+        notes.append(f"RAM: needs {fmt_bytes(h.peak)}, budget {fmt_bytes(budget.cpu)}")
     return Plan(placement, units, gpu, devices, ok, notes, name)
 
 
@@ -291,7 +291,7 @@ def _plan_cpu(units: list[Unit], workload: Workload, budget: Budget, name: str) 
         notes.insert(0, f"{n_disk} of {len(flex)} offloadable parts offloaded to disk: read back for each forward (slow)")
     if h.peak > budget.cpu:
         ok = False
-        notes.append(f"RAM: needs {format_size(h.peak)}, budget {format_size(budget.cpu)}")
+        notes.append(f"RAM: needs {fmt_bytes(h.peak)}, budget {fmt_bytes(budget.cpu)}")
     return Plan(placement, units, "cpu", devices, ok, notes, name)
 
 
@@ -362,7 +362,7 @@ def format_plan(plan: Plan) -> list[str]:
             note = f"  (offloaded: read from disk to {exec_dev} per forward)"
         else:
             note = f"  (offloaded: streamed to {exec_dev} per forward)"
-        lines.append(f"{name:<44}{dev:<11}{format_size(nbytes):>11}  {label}{note}")
+        lines.append(f"{name:<44}{dev:<11}{fmt_bytes(nbytes):>11}  {label}{note}")
     lines.append("")
     head = f"{'device':<8}{'weights':>11}{'KV cache':>11}{'workspace':>11}{'reserve':>11}{'streamed':>11}" \
            f"{'loading':>11}{'peak':>11}{'budget':>11}"
@@ -370,12 +370,12 @@ def format_plan(plan: Plan) -> list[str]:
     for dev in sorted(plan.devices, key=lambda d: (d == "disk", d == "cpu", d)):
         u = plan.devices[dev]
         if dev == "disk":
-            lines.append(f"{dev:<8}{format_size(u.weights):>11}")
+            lines.append(f"{dev:<8}{fmt_bytes(u.weights):>11}")
             continue
-        budget = format_size(u.budget) if u.budget is not None else "-"
-        lines.append(f"{dev:<8}{format_size(u.weights):>11}{format_size(u.kv_cache):>11}{format_size(u.workspace):>11}"
-                     f"{format_size(u.reserve):>11}{format_size(u.streamed):>11}{format_size(u.loading):>11}"
-                     f"{format_size(u.peak):>11}{budget:>11}")
+        budget = fmt_bytes(u.budget) if u.budget is not None else "-"
+        lines.append(f"{dev:<8}{fmt_bytes(u.weights):>11}{fmt_bytes(u.kv_cache):>11}{fmt_bytes(u.workspace):>11}"
+                     f"{fmt_bytes(u.reserve):>11}{fmt_bytes(u.streamed):>11}{fmt_bytes(u.loading):>11}"
+                     f"{fmt_bytes(u.peak):>11}{budget:>11}")
     lines.append("")
     status = "fits" if plan.fits else "DOES NOT FIT"
     lines.append(f"runs on {exec_dev}: {plan.split()} ({status})")

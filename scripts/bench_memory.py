@@ -40,7 +40,7 @@ def child(args: argparse.Namespace) -> dict:
 
     _bnb()
 
-    from steerling_lite.loading.quantized import plan_memory
+    from steerling_lite.loading.plan import plan_memory
 
     from steerling_lite.loading.quantized import quant_config
 

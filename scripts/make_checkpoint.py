@@ -12,21 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 
-import torch
-
+from quant.config import FLOAT_DTYPES
+from steerling_lite.cli.common import size_arg
 from steerling_lite.loading.random_checkpoint import PRESETS, preset_config, write_random_checkpoint
-
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMG]I?B|B)?\s*", text.upper())
-    if not m:
-        raise argparse.ArgumentTypeError(f"size {text!r}: expected e.g. 5GB, 500MiB, 4000000")
-    return int(float(m.group(1)) * UNITS[m.group(2) or ""])
 
 
 def parse_set(text: str) -> tuple[str, object]:
@@ -44,13 +34,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="config.json schema: flat (published HF repos) or native (reference tools)")
     p.add_argument("--instruct", action="store_true", help="instruct vocabulary (100284 tokens)")
     p.add_argument("--no-concepts", action="store_true", help="a non-interpretable checkpoint (no concept heads)")
-    p.add_argument("--shard-size", type=parse_size, help="shard the weights into files of at most this size")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--shard-size", type=size_arg, help="shard the weights into files of at most this size")
+    p.add_argument("--dtype", default="bf16", choices=list(FLOAT_DTYPES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", type=parse_set, action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (JSON value), e.g. --set n_layers=4 --set n_concepts=500")
     args = p.parse_args(argv)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = FLOAT_DTYPES[args.dtype]
     cfg = preset_config(args.preset, instruct=args.instruct, schema=args.schema,
                         interpretable=not args.no_concepts, **dict(args.set))
     if args.preset == "8b" and args.shard_size is None:

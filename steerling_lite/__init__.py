@@ -35,3 +35,15 @@ __all__ += [
     "concepts_for_token", "embed", "embed_all", "Steering", "SteeringBuilder", "build_steering", "amplify",
     "suppress", "InjectionTerm",
 ]
+
+# loading: plan, then load; sizes; the user's data (issue 10)
+from quant import fmt_bytes, parse_size
+from .atomic import write_text_atomic
+from .loading.default_model import data_dir, default_model_dir, resolve_model_dir
+from .loading.plan import LoadPlan, plan_memory
+from .loading.quantized import QUANT_MODES
+
+__all__ += [
+    "LoadPlan", "plan_memory", "QUANT_MODES", "fmt_bytes", "parse_size", "data_dir", "default_model_dir",
+    "resolve_model_dir", "write_text_atomic",
+]

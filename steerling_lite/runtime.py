@@ -17,47 +17,14 @@ import torch
 
 from quant import QuantConfig
 
-from .loading.checkpoint import Checkpoint, Progress, load_model, open_checkpoint
+from .loading.checkpoint import Progress
+from .loading.load import load_planned
+from .loading.plan import LoadPlan, plan_memory
 from .loading.config import SteerlingConfig
 from .generation.generate import Generation, GenerationConfig, GenerationResult
 from .model.transformer import SteerlingModel, param_part
 from .generation.steering import SteeringPlan
 from .loading.tokenizer import ChatMessage, SteerlingTokenizer, get_tokenizer
-
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto``/None -> ``cuda`` when available, else ``cpu``.
-
-    Raises:
-        ValueError: a CUDA device was asked for on a machine without one.
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this machine has no CUDA GPU (torch {torch.__version__}); use --device cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, n_params: int) -> torch.dtype:
-    """``auto``/None -> bf16 on CUDA; on CPU fp32 when the fp32 weights fit in half the free RAM,
-    else bf16 (the published weights are bf16, so bf16 loses nothing).
-
-    Raises:
-        ValueError: an unknown dtype name.
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        return torch.float32 if n_params * 4 < psutil.virtual_memory().available / 2 else torch.bfloat16
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: expected one of auto, {', '.join(sorted(set(DTYPES)))}")
-    return DTYPES[dtype]
 
 
 @dataclass(frozen=True)
@@ -81,13 +48,13 @@ class Steerling:
         path: the checkpoint directory, if loaded from one.
         quant: ``none``, ``int8``, ``nf4`` or ``fp4`` (the transformer blocks' linear layers).
         quant_config: the :class:`quant.QuantConfig`, or None when unquantized.
-        plan: the memory plan the load followed (:class:`steerling_lite.loading.quantized.LoadPlan`),
-            or None for a plain load.
+        plan: the memory plan the load followed (:class:`~steerling_lite.loading.plan.LoadPlan`;
+            None for a model built in memory and wrapped directly).
     """
 
     def __init__(self, model: SteerlingModel, device: torch.device, dtype: torch.dtype,
                  path: Path | None = None, load_stats: LoadStats | None = None, *,
-                 quant_config=None, plan=None):
+                 quant_config: QuantConfig | None = None, plan: LoadPlan | None = None):
         self.model = model
         self.config: SteerlingConfig = model.cfg
         self.tokenizer: SteerlingTokenizer = get_tokenizer(model.cfg.instruct)
@@ -112,8 +79,10 @@ class Steerling:
         offload_dir: str | Path | None = None,
         context: int | None = None,
     ) -> Steerling:
-        """Load a checkpoint directory (see :func:`~steerling_lite.loading.checkpoint.open_checkpoint` for
-        what is checked and the errors raised).
+        """Load a checkpoint directory: plan (:func:`~steerling_lite.loading.plan.plan_memory`, from
+        the headers: precision, placement, memory), then load what the plan says
+        (:func:`~steerling_lite.loading.load.load_planned`). See
+        :func:`~steerling_lite.loading.checkpoint.open_checkpoint` for what is checked.
 
         Args:
             model_dir: the checkpoint directory.
@@ -125,42 +94,28 @@ class Steerling:
                 nf4; else the one that offloads least), ``none``, ``int8``, ``nf4``, ``fp4``, or a
                 :class:`quant.QuantConfig` with settings (int8 threshold, double quant, compute dtype).
                 Only the transformer blocks' linear layers are quantized
-                (:mod:`steerling_lite.loading.quantized`). A pre-quantized checkpoint loads as what it is.
+                (the policy: :mod:`steerling_lite.loading.quantized`). A pre-quantized checkpoint loads as
+                what it is.
             max_gpu_memory, max_cpu_memory: caps in bytes or as ``"6GiB"``; parts that do not
                 fit are offloaded through accelerate (GPU -> CPU RAM -> disk).
             offload_dir: where layers quantized while loading may be offloaded to disk.
             context: tokens of context to plan the KV cache for (default the model's).
 
-        With ``quant="none"`` and no memory options this is the plain load: every weight
-        straight to ``device`` in ``dtype``.
+        With ``quant="none"`` and a model that fits on its device this is the plain load:
+        every weight straight to the device in the planned dtype.
 
         Raises:
             ConfigError, CheckpointError: a bad checkpoint (or a pre-quantized one asked for
                 another precision, or written by another bitsandbytes);
-            PlacementError: it does not fit, or not on the device asked for;
-            ValueError: a bad device, dtype, quant mode or size.
+            PlacementError: it does not fit, or not on the device asked for, or no such device;
+            ValueError: a bad dtype, quant mode or size.
         """
         t0 = time.perf_counter()
-        ckpt: Checkpoint = open_checkpoint(model_dir)
-        dev = resolve_device(device)
-        plain = (isinstance(quant, str) and quant == "none" and ckpt.prequant is None and max_gpu_memory is None
-                 and max_cpu_memory is None and offload_dir is None)
-        if plain:
-            n_params = sum(_numel(t.shape) for t in ckpt.tensors.values())
-            dt = resolve_dtype(dtype, dev, n_params)
-            model = load_model(ckpt, dev, dt, progress)
-            stats = LoadStats(time.perf_counter() - t0, ckpt.nbytes, psutil.Process().memory_info().rss)
-            return cls(model, dev, dt, Path(model_dir), stats)
-        from .loading.quantized import PlacementError, load_planned, plan_memory
-
-        asked = "auto" if device is None or str(device) == "auto" else str(dev)
-        lp = plan_memory(ckpt, quant=quant, device=asked, dtype=dtype, max_gpu_memory=max_gpu_memory,
+        lp = plan_memory(model_dir, quant=quant, device=device, dtype=dtype, max_gpu_memory=max_gpu_memory,
                          max_cpu_memory=max_cpu_memory, offload_dir=offload_dir, context=context)
-        if asked != "auto" and lp.plan.execution_device != asked and not (asked == "cuda" and lp.plan.execution_device == "cuda:0"):
-            raise PlacementError(f"{model_dir}: does not fit on {asked} "
-                                 f"({'; '.join(lp.plan.notes) or 'see steerling-lite plan'}); use --device auto or a smaller --quant")
+        lp.check_device(device)
         model = load_planned(lp, offload_dir, progress)
-        stats = LoadStats(time.perf_counter() - t0, ckpt.nbytes, psutil.Process().memory_info().rss)
+        stats = LoadStats(time.perf_counter() - t0, lp.checkpoint.nbytes, psutil.Process().memory_info().rss)
         return cls(model, torch.device(lp.plan.execution_device), lp.dtype, Path(model_dir), stats,
                    quant_config=lp.quant, plan=lp)
 
@@ -217,13 +172,6 @@ class Steerling:
         """Parameters and bytes per part: ``{part: (n_params, bytes)}`` for transformer (without
         the embedding), embedding / LM head (tied: counted once), known head, discovered head."""
         return parameter_breakdown(self.model)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def parameter_breakdown(model: torch.nn.Module) -> dict[str, tuple[int, int]]:

@@ -14,7 +14,7 @@ from quant.memory import GiB, MiB, MachineMemory, parse_size
 from quant.planner import Budget, Candidate, Unit, Workload, choose_plan, format_plan, plan_placement
 from steerling_lite.loading.checkpoint import Checkpoint, TensorInfo, expected_shapes, file_name
 from steerling_lite.cli import main
-from steerling_lite.loading.quantized import plan_memory
+from steerling_lite.loading.plan import plan_memory
 from steerling_lite.loading.random_checkpoint import preset_config
 
 RAM_24 = MachineMemory(ram_total=24 * GiB, ram_available=22 * GiB)
@@ -195,3 +195,62 @@ def test_plan_command_with_a_simulated_gpu(tiny_ckpt, capsys):
 def test_plan_command_exit_code_when_it_does_not_fit(tiny_ckpt, capsys):
     assert main(["plan", "--model", str(tiny_ckpt), "--device", "cpu", "--max-cpu-memory", "1MiB"]) == 1
     assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+# ---- plan, then load (issue 10) --------------------------------------------------------------------
+def test_sizes_have_one_convention():
+    import steerling_lite
+    from quant.memory import fmt_bytes
+
+    assert steerling_lite.parse_size is parse_size and steerling_lite.fmt_bytes is fmt_bytes
+    assert parse_size("1234") == 1234 and parse_size(" 8 gb ") == 8 * 10**9 and parse_size("1.5MiB") == 3 * MiB // 2
+    assert parse_size("2TiB") == 2 * 2**40 and parse_size("512b") == 512 and parse_size("3kb") == 3000
+    for bad in ("", "8g", "-1", "1e3", "GiB"):
+        with pytest.raises(ValueError, match="expected a number of bytes"):
+            parse_size(bad)
+    assert (fmt_bytes(100), fmt_bytes(1536), fmt_bytes(3 * 2**40)) == ("100 B", "1.5 KiB", "3.0 TiB")
+    assert parse_size(fmt_bytes(5 * GiB).replace(" ", "")) == 5 * GiB
+
+
+def test_a_plain_load_follows_a_plan_and_reads_the_same_weights(tiny_ckpt):
+    import torch
+
+    from steerling_lite import Steerling
+    from steerling_lite.loading.checkpoint import load_model
+
+    lm = Steerling.load(tiny_ckpt, device="cpu", dtype="fp32", quant="none")
+    assert lm.plan is not None and lm.plan.method == "none" and lm.plan.plan.split() == "100% CPU"
+    assert (lm.quant, lm.dtype, lm.device) == ("none", torch.float32, torch.device("cpu"))
+    ref = dict(load_model(tiny_ckpt, "cpu", torch.float32).named_parameters())
+    got = dict(lm.model.named_parameters())
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+def test_device_names_and_devices_are_checked_when_planning(ckpt_8b, tiny_ckpt):
+    from steerling_lite import PlacementError, Steerling
+
+    with pytest.raises(PlacementError, match="device 'gpu': expected auto, cpu, cuda or cuda:N"):
+        Steerling.load(tiny_ckpt, device="gpu")
+    with pytest.raises(PlacementError, match="this machine has no CUDA GPU"):
+        plan_memory(ckpt_8b, device="cuda", memory=RAM_24)
+    with pytest.raises(PlacementError, match="no such GPU"):
+        plan_memory(ckpt_8b, device="cuda:1", memory=gpu(24))
+    small = plan_memory(ckpt_8b, memory=gpu(2))  # runs on the CPU
+    small.check_device("auto"), small.check_device("cpu"), small.check_device(None)
+    with pytest.raises(PlacementError, match="does not fit on cuda"):
+        small.check_device("cuda")
+    plan_memory(ckpt_8b, memory=gpu(24)).check_device("cuda")  # cuda means the first GPU
+
+
+def test_dtype_names_come_from_one_table(ckpt_8b):
+    import torch
+
+    from quant import QuantConfig
+    from quant.config import FLOAT_DTYPES, parse_dtype
+
+    for short, dtype in FLOAT_DTYPES.items():
+        assert parse_dtype(short) is dtype and parse_dtype(str(dtype).removeprefix("torch.")) is dtype
+        assert plan_memory(ckpt_8b, quant="none", dtype=short, memory=gpu(80)).dtype is dtype
+    assert QuantConfig.from_dict(QuantConfig("nf4", compute_dtype=torch.float16).to_dict()).compute_dtype is torch.float16
+    with pytest.raises(ValueError, match="dtype 'float': expected one of bf16, bfloat16"):
+        plan_memory(ckpt_8b, dtype="float", memory=RAM_24)

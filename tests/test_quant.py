@@ -17,7 +17,10 @@ from quant.memory import GiB, MachineMemory
 from steerling_lite import GenerationConfig, Steerling
 from steerling_lite.loading.checkpoint import open_checkpoint
 from steerling_lite.errors import CheckpointError
-from steerling_lite.loading.quantized import load_planned, plan_memory, quantized_layers, write_prequantized
+from steerling_lite.loading.load import load_planned
+from steerling_lite.loading.plan import plan_memory
+from steerling_lite.loading.prequantized import write_prequantized
+from steerling_lite.loading.quantized import quantized_layers
 
 MODES = ["int8", "nf4", "fp4"]
 GREEDY = GenerationConfig(max_new_tokens=64, steps=8, temperature=0, seed=0)
@@ -179,7 +182,7 @@ def test_load_with_a_ram_cap_offloads_blocks_to_disk(tiny_ckpt, tmp_path):
 
 
 def test_a_load_that_does_not_fit_is_refused_before_reading(tiny_ckpt):
-    from steerling_lite.loading.quantized import PlacementError
+    from steerling_lite.errors import PlacementError
 
     with pytest.raises(PlacementError, match="do not fit in RAM: give an offload directory"):
         Steerling.load(tiny_ckpt, device="cpu", quant="nf4", max_cpu_memory=1)

@@ -41,7 +41,7 @@ from steerling_lite import (
 from steerling_lite.interpret.attribution import AttributionRecorder, ConceptAttribution
 from steerling_lite.interpret.concepts import Concept, ConceptCatalog
 from steerling_lite.interpret.input_attribution import input_attribution
-from steerling_lite.loading.quantized import QUANT_MODES, plan_memory
+from steerling_lite import QUANT_MODES, plan_memory
 from steerling_lite.generation.steering import AMPLIFY_TARGET, Steering, SteeringBuilder
 
 

@@ -8,16 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+from quant import fmt_bytes, parse_size
+from quant.config import FLOAT_DTYPES
 
 from ..loading.checkpoint import Progress
+from ..loading.default_model import resolve_model_dir
+from ..loading.quantized import QUANT_MODES, quant_config
 from ..runtime import Steerling
 
 
 def size_arg(text: str) -> int:
-    """argparse type for ``6GiB`` / ``8GB`` / bytes."""
-    from quant.memory import parse_size
-
+    """argparse type for ``6GiB`` / ``8GB`` / bytes (:func:`quant.parse_size`)."""
     try:
         return parse_size(text)
     except ValueError as exc:
@@ -28,11 +29,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model --device --dtype`` (where the checkpoint is and where / how it runs) and the
     memory options ``--quant --max-gpu-memory --max-cpu-memory --offload-dir`` with the
     quantization settings."""
-    from ..loading.quantized import QUANT_MODES
-
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--dtype", default="auto", choices=["auto", *FLOAT_DTYPES],
                    help="precision of the unquantized weights; auto: bf16 on CUDA or when quantizing, "
                         "fp32 on CPU when it fits in RAM, else bf16")
     g = p.add_argument_group("memory (see `steerling-lite plan`)")
@@ -49,28 +48,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_quant_settings(g)
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
 def add_quant_settings(g) -> None:
     """``--int8-threshold --double-quant --compute-dtype``: the settings of a quantization method."""
     g.add_argument("--int8-threshold", type=float, default=6.0, metavar="T",
                    help="int8: LLM.int8() outlier threshold (0 disables the fp16 outlier path; default 6)")
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
                    help="nf4/fp4: quantize the absmax statistics too (default on; saves ~0.37 bit per weight)")
-    g.add_argument("--compute-dtype", default="bf16", choices=list(DTYPES),
+    g.add_argument("--compute-dtype", default="bf16", choices=list(FLOAT_DTYPES),
                    help="nf4/fp4: matmul dtype (default bf16)")
 
 
 def quant_arg(args: argparse.Namespace):
     """``--quant`` with its settings: the mode string (``auto``/``none``) or a :class:`quant.QuantConfig`."""
-    from ..loading.quantized import quant_config
-
     mode = getattr(args, "quant", "auto")
     if mode in ("auto", "none"):
         return mode
     return quant_config(mode, int8_threshold=args.int8_threshold, double_quant=args.double_quant,
-                        compute_dtype=DTYPES[args.compute_dtype])
+                        compute_dtype=FLOAT_DTYPES[args.compute_dtype])
 
 
 @contextmanager
@@ -95,21 +89,8 @@ def byte_progress(desc: str, enabled: bool = True) -> Iterator[Progress | None]:
 
 
 def model_dir(args: argparse.Namespace) -> Path:
-    """The ``--model`` directory, or the embedded default (written on first use)."""
-    if args.model:
-        return Path(args.model)
-    from ..loading.default_model import ensure_default_model
-
-    return ensure_default_model()
-
-
-def fmt_bytes(n: float) -> str:
-    """``1536`` -> ``1.5 KiB`` (binary units, as memory tools print them)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+    """The ``--model`` directory, or the embedded default (:func:`resolve_model_dir`)."""
+    return resolve_model_dir(args.model)
 
 
 def load_model(args: argparse.Namespace, quiet: bool = False) -> Steerling:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+
+from quant import fmt_bytes
 
 from ..loading.checkpoint import expected_shapes, open_checkpoint
 from ..model.transformer import param_part
-from .common import fmt_bytes, model_dir
+from .common import model_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +26,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ckpt.config
     parts: dict[str, dict[str, int]] = {}
     for name, shape in expected_shapes(cfg).items():  # the model's parameters (also when stored quantized)
-        n = 1
-        for d in shape:
-            n *= d
-        parts.setdefault(param_part(name), {"params": 0, "bytes": 0})["params"] += n
+        parts.setdefault(param_part(name), {"params": 0, "bytes": 0})["params"] += math.prod(shape)
     for name, info in ckpt.tensors.items():  # the bytes stored on disk
         parts[param_part(name)]["bytes"] += info.nbytes
     total_params = sum(p["params"] for p in parts.values())

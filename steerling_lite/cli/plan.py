@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from quant import probe_memory
 
-    from ..loading.quantized import plan_memory
+    from ..loading.plan import plan_memory
 
     memory = probe_memory()
     if args.gpu_total is not None:

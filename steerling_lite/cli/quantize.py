@@ -6,7 +6,10 @@ import argparse
 import sys
 import time
 
-from .common import DTYPES, add_quant_settings, byte_progress, fmt_bytes, model_dir, quant_arg, size_arg
+from quant import fmt_bytes
+from quant.config import FLOAT_DTYPES
+
+from .common import add_quant_settings, byte_progress, model_dir, quant_arg, size_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", required=True, choices=["int8", "nf4", "fp4"], help="quantization method")
     p.add_argument("--out", required=True, metavar="DIR", help="the new checkpoint directory (must not exist)")
     add_quant_settings(p)
-    p.add_argument("--dtype", default="bf16", choices=list(DTYPES),
+    p.add_argument("--dtype", default="bf16", choices=list(FLOAT_DTYPES),
                    help="dtype of the unquantized tensors (default bf16)")
     p.add_argument("--shard-size", type=size_arg, default=2 * 2**30, metavar="SIZE",
                    help="largest safetensors file (default 2GiB)")
@@ -24,8 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loading.quantized import write_prequantized
-    from ..runtime import resolve_device
+    from ..loading.plan import resolve_device
+    from ..loading.prequantized import write_prequantized
 
     config = quant_arg(args)
     device = resolve_device(args.device)
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with byte_progress("quantizing") as progress:
             out = write_prequantized(model_dir(args), args.out, config, shard_bytes=args.shard_size,
-                                     dtype=DTYPES[args.dtype], device=device, progress=progress)
+                                     dtype=FLOAT_DTYPES[args.dtype], device=device, progress=progress)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

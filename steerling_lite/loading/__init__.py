@@ -1,1 +1,1 @@
-"""Loading and planning: config, checkpoint files, tokenizer, the memory plan, quantized and pre-quantized loading, the embedded default model."""
+"""Loading and planning: config, checkpoint files, tokenizer; plan, then load (``plan``: the cost model and the memory plan, ``quantized``: the quantization policy, ``load``: the planned load, ``prequantized``: writing pre-quantized checkpoints); the embedded default model."""

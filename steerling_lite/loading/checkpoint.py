@@ -19,6 +19,7 @@ metadata when it is read.
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from quant.config import FLOAT_DTYPES
 from quant.linear import replace_linears
 from quant.prequant import META_CRC32, META_SETTINGS, QUANTIZE_CONFIG, PrequantInfo, check_file_settings, read_quantize_config
 
@@ -36,12 +38,12 @@ from ..model.transformer import SteerlingModel
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8, "F64": 8, "BOOL": 1}
+# safetensors' dtype codes (the file format's names) -> torch dtypes
 TORCH_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                 "I8": torch.int8, "U8": torch.uint8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64,
                 "BOOL": torch.bool}
 DTYPE_CODES = {v: k for k, v in TORCH_DTYPES.items()}
+FLOAT_CODES = frozenset(DTYPE_CODES[d] for d in FLOAT_DTYPES.values())  # what weights may be stored in
 TIED_LM_HEAD = "transformer.lm_head.weight"
 
 # progress(bytes_done, bytes_total, tensor_name)
@@ -60,11 +62,14 @@ class TensorInfo:
     crc32: int | None = None  # CRC-32 of the data, when the file's metadata records one
 
     @property
+    def numel(self) -> int:
+        """Elements (for a pre-quantized layer: of its stored, packed tensor)."""
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int:
-        n = DTYPE_BYTES.get(self.dtype, 2)
-        for d in self.shape:
-            n *= d
-        return n
+        dtype = TORCH_DTYPES.get(self.dtype)
+        return self.numel * (dtype.itemsize if dtype is not None else 2)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,12 @@ class Checkpoint:
     def nbytes(self) -> int:
         """Bytes of all tensors on disk."""
         return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the model, counted from the headers (of a pre-quantized checkpoint:
+        its stored elements, packed; :func:`expected_shapes` gives the model's own shapes)."""
+        return sum(t.numel for t in self.tensors.values())
 
 
 def weight_files(model_dir: Path) -> list[Path]:
@@ -238,7 +249,7 @@ def _shape_hint(cfg: SteerlingConfig, name: str) -> str:
     return ""
 
 
-def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = frozenset(FLOAT_DTYPES)) -> Checkpoint:
+def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = FLOAT_CODES) -> Checkpoint:
     """Read config.json and the tensor headers of ``model_dir`` and check them against each other.
 
     Raises:
