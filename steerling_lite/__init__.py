@@ -34,3 +34,8 @@ __all__ += [
     "concepts_for_token", "embed", "embed_all", "Steering", "SteeringBuilder", "build_steering", "amplify",
     "suppress", "InjectionTerm",
 ]
+
+# one home for prompt building (issue 10)
+from .generation.prompt import build_prompt  # noqa: E402
+
+__all__ += ["build_prompt"]

@@ -45,6 +45,7 @@ from .attribution_result import (
 )
 from .concepts import ConceptCatalog, ConceptError, require_interpretable
 from ..generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
+from ..generation.output import stop_ids
 from ..generation.steering import SteeringPlan
 from ..generation.trace import GenerationTrace, StepTrace
 
@@ -349,10 +350,7 @@ def _assemble(steps: list[StepAttribution], texts: list[list[str]], rec: Attribu
 
 
 def _stop_ids(rec: AttributionRecorder) -> tuple[int, ...]:
-    ids = list(rec.generation.config.stop_tokens)
-    if rec.lm.config.eot_id is not None:
-        ids.append(rec.lm.config.eot_id)
-    return tuple(ids)
+    return stop_ids(rec.lm.config, rec.generation.config.stop_tokens)
 
 
 # ---------------------------------------------------------------------------------------
