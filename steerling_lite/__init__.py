@@ -47,3 +47,8 @@ __all__ += [
     "LoadPlan", "plan_memory", "QUANT_MODES", "fmt_bytes", "parse_size", "data_dir", "default_model_dir",
     "resolve_model_dir", "write_text_atomic",
 ]
+
+# one home for prompt building (issue 10)
+from .generation.prompt import build_prompt  # noqa: E402
+
+__all__ += ["build_prompt"]

@@ -22,6 +22,7 @@ from .loading.load import load_planned
 from .loading.plan import LoadPlan, plan_memory
 from .loading.config import SteerlingConfig
 from .generation.generate import Generation, GenerationConfig, GenerationResult
+from .generation.prompt import build_prompt
 from .model.transformer import SteerlingModel, param_part
 from .generation.steering import SteeringPlan
 from .loading.tokenizer import ChatMessage, SteerlingTokenizer, get_tokenizer
@@ -125,16 +126,14 @@ class Steerling:
 
         A list of :class:`ChatMessage` is formatted with the instruct chat template; a string
         is wrapped as one user turn when ``chat`` is true (default: true for instruct models)
-        and encoded as is for completion otherwise; a list of ints is used as is.
+        and encoded as is for completion otherwise; a list of ints is used as is
+        (:func:`~steerling_lite.generation.prompt.build_prompt`).
         """
         if isinstance(prompt, str):
-            use_chat = self.config.instruct if chat is None else chat
-            if use_chat:
-                return self.tokenizer.chat_prompt([ChatMessage("user", prompt)])
-            return self.tokenizer.encode(prompt)
+            return build_prompt(self.tokenizer, prompt, chat=chat)
         items = list(prompt)
         if items and isinstance(items[0], ChatMessage):
-            return self.tokenizer.chat_prompt(items)  # type: ignore[arg-type]
+            return build_prompt(self.tokenizer, messages=items, chat=True)  # type: ignore[arg-type]
         return [int(i) for i in items]  # type: ignore[arg-type]
 
     # ---- generation ---------------------------------------------------------------------

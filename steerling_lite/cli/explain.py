@@ -9,17 +9,14 @@ import sys
 from ..interpret.attribution import explain_stream
 from ..interpret.concepts import ConceptCatalog
 from ..errors import GenerationError
-from .common import add_model_args, load_model
-from .generate import add_prompt_args, add_sampling_args, build_prompt, generation_config, prompt_text
-from .steering_args import add_steering_args, plan_from_args
+from .common import load_model
+from .generate import add_generation_args, generation_config, prompt_ids, prompt_text
+from .steering_args import plan_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="generate and attribute every token to concepts (per chunk)")
-    add_model_args(p)
-    add_prompt_args(p)
-    add_sampling_args(p)
-    add_steering_args(p)
+    add_generation_args(p)
     g = p.add_argument_group("attribution")
     g.add_argument("--labels", metavar="FILE",
                    help="concept labels (concept_labels.parquet/.csv/.json; default: the one in the model directory, "
@@ -41,12 +38,10 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise GenerationError(f"--top is {args.top}; expected >= 1")
     text = prompt_text(args)
-    if not text.strip():
-        raise GenerationError("the prompt is empty: pass some text with --prompt")
     lm = load_model(args, quiet=args.json)
     catalog = ConceptCatalog.for_model(lm, args.labels)
     plan = plan_from_args(lm, args)
-    stream = explain_stream(lm, build_prompt(lm, args, text), generation_config(args), plan, catalog=catalog)
+    stream = explain_stream(lm, prompt_ids(lm, args, text), generation_config(args), plan, catalog=catalog)
     attribution = stream.run()
     result = attribution.result
     assert result is not None

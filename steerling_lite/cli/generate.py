@@ -9,19 +9,27 @@ import time
 
 from ..errors import GenerationError
 from ..generation.generate import GenerationConfig
+from ..generation.prompt import build_prompt
 from ..loading.config import load_config
+from ..loading.tokenizer import ChatMessage
 from .common import add_model_args, load_model, model_dir
 from .steering_args import add_steering_args, plan_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
+    add_generation_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead")
+    p.set_defaults(func=run)
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that generate (``generate``, ``steer``, ``explain``): model,
+    prompt, sampling and steering."""
     add_model_args(p)
     add_prompt_args(p)
     add_sampling_args(p)
     add_steering_args(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings) instead")
-    p.set_defaults(func=run)
 
 
 def add_prompt_args(p: argparse.ArgumentParser) -> None:
@@ -51,21 +59,29 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def prompt_text(args: argparse.Namespace) -> str:
+    """The prompt text of ``--prompt`` / ``--prompt-file`` (``-``: standard input).
+
+    Raises:
+        GenerationError: the prompt is empty (or white space only).
+    """
     if args.prompt_file:
         with open(args.prompt_file, encoding="utf-8") as f:
-            return f.read()
-    if args.prompt == "-":
-        return sys.stdin.read()
-    return args.prompt
+            text = f.read()
+    elif args.prompt == "-":
+        text = sys.stdin.read()
+    else:
+        text = args.prompt
+    if not text.strip():
+        raise GenerationError("the prompt is empty: pass some text with --prompt")
+    return text
 
 
 def generation_config(args: argparse.Namespace, stop_tokens: tuple[int, ...] = ()) -> GenerationConfig:
-    temperature = args.temperature
-    return GenerationConfig(
+    """The :class:`GenerationConfig` of the sampling options (no ``--temperature``: entropy-adaptive)."""
+    return GenerationConfig.from_settings(
         max_new_tokens=args.max_new_tokens,
         steps=args.steps,
-        temperature=1.2 if temperature is None else temperature,
-        entropy_sampling=temperature is None,
+        temperature=args.temperature,
         top_p=args.top_p,
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
@@ -75,15 +91,11 @@ def generation_config(args: argparse.Namespace, stop_tokens: tuple[int, ...] = (
     )
 
 
-def build_prompt(lm, args: argparse.Namespace, text: str):
-    """Token ids for ``text`` (chat template for instruct models unless ``--no-chat``)."""
-    from ..loading.tokenizer import ChatMessage
-
-    use_chat = lm.config.instruct if args.chat is None else args.chat
-    if use_chat:
-        msgs = ([ChatMessage("system", args.system)] if args.system else []) + [ChatMessage("user", text)]
-        return lm.tokenizer.chat_prompt(msgs)
-    return lm.tokenizer.encode(text)
+def prompt_ids(lm, args: argparse.Namespace, text: str) -> list[int]:
+    """Token ids for ``text`` (with ``--system`` first; the chat template for instruct models
+    unless ``--no-chat``)."""
+    system = [ChatMessage("system", args.system)] if args.system else None
+    return build_prompt(lm.tokenizer, text, messages=system, chat=args.chat)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,10 +104,8 @@ def run(args: argparse.Namespace) -> int:
     config = generation_config(args)
     config.validate(load_config(model_dir(args)).diff_block_size)
     text = prompt_text(args)
-    if not text.strip():
-        raise GenerationError("the prompt is empty: pass some text with --prompt")
     lm = load_model(args, quiet=args.json)
-    ids = build_prompt(lm, args, text)
+    ids = prompt_ids(lm, args, text)
     plan = plan_from_args(lm, args)
     gen = lm.stream(ids, config, plan)
     printed = ""

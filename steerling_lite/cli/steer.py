@@ -13,17 +13,14 @@ import sys
 from dataclasses import replace
 
 from ..errors import GenerationError
-from .common import add_model_args, load_model
-from .generate import add_prompt_args, add_sampling_args, build_prompt, generation_config, prompt_text
-from .steering_args import add_steering_args, describe, plan_from_args, steerings_from_args
+from .common import load_model
+from .generate import add_generation_args, generation_config, prompt_ids, prompt_text
+from .steering_args import describe, plan_from_args, steerings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("steer", help="print the unsteered and the steered output side by side")
-    add_model_args(p)
-    add_prompt_args(p)
-    add_sampling_args(p)
-    add_steering_args(p)
+    add_generation_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with both texts instead")
     p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
     p.set_defaults(func=run)
@@ -34,14 +31,12 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise GenerationError("nothing to steer: give at least one --amplify ID, --suppress ID or --intervene ID=WEIGHT")
     text = prompt_text(args)
-    if not text.strip():
-        raise GenerationError("the prompt is empty: pass some text with --prompt")
     lm = load_model(args, quiet=args.json)
     plan = plan_from_args(lm, args)
     config = generation_config(args)
     if config.seed is None:  # one seed for both runs
         config = replace(config, seed=random.SystemRandom().randrange(2**31))
-    ids = build_prompt(lm, args, text)
+    ids = prompt_ids(lm, args, text)
     plain = lm.generate(ids, config)
     steered = lm.generate(ids, config, plan)
     label = describe(specs)

@@ -14,6 +14,11 @@ is exact: their tokens are final), the last layer and the LM head only at the bl
 masked positions, the concept heads only when something needs them, and the
 sampling of a step is one batched pass (one host synchronisation per step).
 
+A step's model computation (window forward, injection, read-out, logit processing) is
+:func:`~steerling_lite.generation.step.denoise_step`; this loop chooses the positions to
+commit, samples them and keeps the KV cache, the sequence and the output positions
+(:mod:`steerling_lite.generation.output`).
+
 Opt-in parallel decoding (Fast-dLLM, Wu et al. 2025): with
 ``confidence_threshold`` set, a step commits every masked position whose
 confidence is at least the threshold, and never fewer than the schedule says.
@@ -26,18 +31,20 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..model.concept_heads import decompose
-from ..errors import GenerationError
+from ..errors import GenerationError, require_interpretable
+from ..loading.tokenizer import SteerlingTokenizer
 from ..model.kv_cache import KVCache
 from ..model.transformer import SteerlingModel
-from .sampling import check_probability, confidence, linear_schedule, process_logits, sample_tokens
+from .output import output_positions
+from .sampling import check_probability, confidence, linear_schedule, sample_tokens
 from .steering import SteeringPlan
-from ..loading.tokenizer import SteerlingTokenizer
+from .step import LogitProcessing, StepOutput, StepSteering, compute_dtype, denoise_step, guided
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,23 @@ class GenerationConfig:
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.max_new_tokens
 
+    @classmethod
+    def from_settings(cls, *, temperature: float | None = None, **settings: Any) -> GenerationConfig:
+        """A config from the settings a user gives (the CLI's flags, the app's settings panel).
+
+        ``temperature`` None is the reference's entropy-adaptive temperature (its default),
+        0 is greedy argmax, any other value samples ``softmax(logits / T)`` with top-p. The
+        other keyword arguments are fields of :class:`GenerationConfig` (their defaults the
+        reference's). The one place this convention is written.
+
+        Raises:
+            TypeError: an argument that is not a field (or ``entropy_sampling``, which
+                ``temperature`` decides).
+        """
+        if temperature is None:
+            return cls(entropy_sampling=True, **settings)
+        return cls(temperature=temperature, entropy_sampling=False, **settings)
+
 
 @dataclass
 class StepEvent:
@@ -151,6 +175,7 @@ class GenerationResult:
         seed: the seed used.
         elapsed_s: wall time of the loop, seconds.
         first_commit_s: seconds until the first token was committed.
+        positions: the absolute position in ``sequence`` of each id of ``token_ids``.
     """
 
     text: str
@@ -163,6 +188,7 @@ class GenerationResult:
     seed: int
     elapsed_s: float
     first_commit_s: float
+    positions: list[int] = field(default_factory=list)
 
     @property
     def committed_tokens(self) -> int:
@@ -203,8 +229,8 @@ class Generation:
         bad = [i for i in prompt_ids if not 0 <= i < cfg.vocab_size]
         if bad:
             raise GenerationError(f"prompt token id {bad[0]} is outside the vocabulary (0..{cfg.vocab_size - 1})")
-        if steering is not None and not steering.is_empty and not model.interpretable:
-            raise GenerationError("steering needs an interpretable checkpoint (with concept heads); this one has none")
+        if steering is not None and not steering.is_empty:
+            require_interpretable(model, "steering", GenerationError)
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.prompt_ids = list(prompt_ids)
         self.capture_hidden = capture_hidden
@@ -215,21 +241,15 @@ class Generation:
         self.sequence: list[int] = list(prompt_ids)  # prompt + generated region, updated every step
         self._iter: Iterator[StepEvent] | None = None
 
+    def output_positions(self, end: int | None = None) -> list[int]:
+        """Absolute positions of the generated ids so far (see :func:`output_positions`); ``end``
+        (absolute position) limits the region."""
+        return output_positions(self.model.cfg, self.sequence, len(self.prompt_ids), self.config.stop_tokens, end)
+
     def generated_ids(self, end: int | None = None) -> list[int]:
         """Generated ids so far, cleaned as the final result is: masks and EOS dropped, cut before
         the first stop token / ``<|eot_id|>``; ``end`` (absolute position) limits the region."""
-        cfg = self.model.cfg
-        terminal = set(self.config.stop_tokens)
-        if cfg.eot_id is not None:
-            terminal.add(cfg.eot_id)
-        out: list[int] = []
-        for t in self.sequence[len(self.prompt_ids):end]:
-            if t == cfg.mask_token_id or t == cfg.eos_token_id:
-                continue
-            if t in terminal:
-                break
-            out.append(t)
-        return out
+        return [self.sequence[p] for p in self.output_positions(end)]
 
     def cancel(self) -> None:
         """Stop before the next denoising step; committed tokens are kept."""
@@ -237,8 +257,8 @@ class Generation:
 
     def set_steering(self, steering: SteeringPlan | None) -> None:
         """Use ``steering`` from the next denoising step on (live steering)."""
-        if steering is not None and not steering.is_empty and not self.model.interpretable:
-            raise GenerationError("steering needs an interpretable checkpoint (with concept heads)")
+        if steering is not None and not steering.is_empty:
+            require_interpretable(self.model, "steering", GenerationError)
         self._steering = steering
 
     def __iter__(self) -> Iterator[StepEvent]:
@@ -258,9 +278,7 @@ class Generation:
     def _run(self) -> Iterator[StepEvent]:
         model, cfg, gc, tok = self.model, self.model.cfg, self.config, self.tokenizer
         device = model.input_device
-        dtype = model.transformer.tok_emb.weight.dtype
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            dtype = torch.bfloat16
+        dtype = compute_dtype(model)
         B = cfg.diff_block_size
         mask_id, eos_id = cfg.mask_token_id, cfg.eos_token_id
         P, G = len(self.prompt_ids), gc.max_new_tokens
@@ -274,7 +292,9 @@ class Generation:
         x[0, :P] = torch.tensor(self.prompt_ids, dtype=torch.long, device=device)
         # distinct ids in the sequence, for the repetition penalty (the mask id is always present)
         seen_ids = torch.unique(torch.cat([x[0, :P], x.new_tensor([mask_id])]))
-        banned = torch.tensor([eos_id, mask_id, cfg.pad_token_id], device=device)
+        processing = LogitProcessing(
+            gc.repetition_penalty, torch.tensor([eos_id, mask_id, cfg.pad_token_id], device=device), gc.cfg_scale,
+        )
         generator = torch.Generator(device=device).manual_seed(self.seed)
         cache = KVCache.allocate(model.layer_devices(), batch, cfg.kv_heads, L, cfg.head_dim, B, dtype)
         seq = self.sequence = [mask_id] * L
@@ -302,35 +322,18 @@ class Generation:
                 s_in_block += 1
                 if want == 0 and gc.confidence_threshold is None:
                     continue  # a step that commits nothing changes nothing
-                plan = self._steering if self._steering is not None and not self._steering.is_empty else None
-                vector = plan.vector(committed, G, dtype) if plan is not None else None
+                steering = StepSteering.at(self._steering, committed, G, dtype)
+                vector = steering.vector if steering is not None else None
                 if cfg_on and not _same(vector, cache_vector):
                     cache.length = 0  # the uncond row's masked prompt is steered: its cache is stale
                     cache_vector = vector
                 start = cache.length
-                window = x[:, start:win_end]
                 rows = torch.tensor([p - start for p in masked], device=device)
-                injection = None
-                if vector is not None:
-                    injection = torch.where((window == mask_id).unsqueeze(-1), vector, torch.zeros((), dtype=dtype, device=device))
-                hidden = model.transformer(
-                    window, cache=cache, start=start, out_rows=rows, injection=injection,
-                    inject_layer=plan.inject_layer if plan is not None else 0,
-                )
+                out = denoise_step(model, x[:, start:win_end], rows, cache=cache, start=start, steering=steering,
+                                   processing=processing, seen_ids=seen_ids)
                 cache.commit(final_prefix)
-                if plan is not None and plan.interventions:
-                    known = plan.known_override(model, hidden.reshape(-1, hidden.shape[-1]))
-                    composed = decompose(
-                        hidden.reshape(-1, hidden.shape[-1]), model.known_head, model.unknown_head,
-                        cfg.concept.use_epsilon_correction, known_override=known,
-                    ).composed.reshape(hidden.shape)
-                else:
-                    composed = hidden
-                logits = _guided(model.lm_logits(composed), gc.cfg_scale)
-                proc = process_logits(  # in place: logits is not used after this
-                    logits[0].float(), seen_ids, gc.repetition_penalty, banned,
-                    plan.logit_offset if plan is not None else None,
-                )
+                proc = out.logits
+                assert proc is not None
                 conf = confidence(proc)
                 k = want
                 if gc.confidence_threshold is not None:
@@ -370,16 +373,10 @@ class Generation:
                 masked = [p for p in masked if p not in picked]
                 event = StepEvent(
                     step=step, block=b, block_start=gs, positions=positions, tokens=tokens,
-                    block_tokens=seq[gs:ge], steering=plan,
+                    block_tokens=seq[gs:ge], steering=steering.plan if steering is not None else None,
                 )
                 if self.capture_hidden:
-                    rows_sel = sel[:n]
-                    event.hidden = hidden[0, rows_sel]
-                    # the raw logit of each committed token (the step's logits were processed in
-                    # place): one dot product per token, not another pass over the LM head
-                    w = model.lm_head_weight[new_tokens[:n]].to(composed.dtype)
-                    raw = torch.einsum("bnd,nd->bn", composed[:, rows_sel], w).unsqueeze(-1)
-                    event.logits = _guided(raw, gc.cfg_scale)[0, :, 0].float()
+                    event.hidden, event.logits = _committed_states(model, out, sel[:n], new_tokens[:n], gc.cfg_scale)
                 step += 1
                 yield event
                 if eot_at is not None:
@@ -391,21 +388,25 @@ class Generation:
                 break
 
         elapsed = time.perf_counter() - t0
-        out = self.generated_ids()
+        positions_out = self.output_positions()
+        out_ids = [seq[p] for p in positions_out]
         self.result = GenerationResult(
-            text=tok.decode(out), token_ids=out, prompt_ids=self.prompt_ids, sequence=seq,
+            text=tok.decode(out_ids), token_ids=out_ids, prompt_ids=self.prompt_ids, sequence=seq,
             commit_step=commit_step, stop_reason=stop_reason, steps=step, seed=self.seed,
             elapsed_s=elapsed, first_commit_s=first_commit if first_commit is not None else elapsed,
+            positions=positions_out,
         )
 
 
-def _guided(logits: Tensor, cfg_scale: float) -> Tensor:
-    """``(B, R, V)`` logits of the step; with classifier-free guidance (batch 2: conditional,
-    unconditional) ``u + (s + 1)(c - u)`` as ``(1, R, V)`` (reference ``generate_full``)."""
-    if cfg_scale <= 0.0:
-        return logits
-    cond, uncond = logits[0], logits[1]
-    return (uncond + (cfg_scale + 1) * (cond - uncond)).unsqueeze(0)
+def _committed_states(model: SteerlingModel, out: StepOutput, rows: Tensor, tokens: Tensor, cfg_scale: float) -> tuple[Tensor, Tensor]:
+    """Final hidden states ``(n, D)`` of the committed rows of a step (the conditional row) and the
+    raw fp32 logit ``(n,)`` of each committed token in that pass (guided as the step's logits).
+
+    The step's logits were processed in place, so each raw logit is one dot product per token,
+    not another pass over the LM head."""
+    w = model.lm_head_weight[tokens].to(out.readout.dtype)
+    raw = torch.einsum("bnd,nd->bn", out.readout[:, rows], w).unsqueeze(-1)
+    return out.hidden[0, rows], guided(raw, cfg_scale)[0, :, 0].float()
 
 
 def _same(a: Tensor | None, b: Tensor | None) -> bool:

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..errors import ConceptError, require_interpretable
 from ..generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
+from ..generation.output import stop_ids
 from ..generation.steering import SteeringPlan
 from ..generation.trace import GenerationTrace, StepTrace
 from ..model.concept_heads import intervened_known_weights, readout
@@ -216,8 +217,7 @@ class AttributionRecorder:
             prompt_ids=list(generation.prompt_ids), max_new_tokens=generation.config.max_new_tokens,
             mask_id=cfg.mask_token_id, block=cfg.diff_block_size, cfg_scale=generation.config.cfg_scale,
         )
-        stop = list(generation.config.stop_tokens) + ([cfg.eot_id] if cfg.eot_id is not None else [])
-        self._stop_ids = tuple(stop)
+        self._stop_ids = stop_ids(cfg, generation.config.stop_tokens)
         self._tables: list[AttributionTable] = []  # one per step that committed tokens, rows in commit order
         self._texts: list[list[str]] = []
 

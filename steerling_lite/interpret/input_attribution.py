@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import ConceptError
+from ..generation.step import StepSteering, compute_dtype, denoise_step
 from .attribution import ConceptAttribution, ExplainedStream, GenerationTrace
-from .concepts import ConceptError
 
 
 @dataclass(frozen=True)
@@ -230,9 +231,7 @@ def input_attribution(
     model = lm.model
     tf = model.transformer
     device = model.lm_head_weight.device
-    dtype = tf.tok_emb.weight.dtype
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        dtype = torch.bfloat16
+    dtype = compute_dtype(model)
     cfg = model.cfg
     B, L, mask_id = cfg.diff_block_size, trace.length, trace.mask_id
 
@@ -258,25 +257,18 @@ def input_attribution(
                 emb = tf.tok_emb(ids).float()  # (W, D)
                 base = tf.tok_emb(torch.tensor([mask_id], device=device)).float().expand_as(emb)
             delta = emb - base
-            plan = st.plan if st.plan is not None and not st.plan.is_empty else None
-            vector = plan.vector(st.committed_before, trace.max_new_tokens, dtype) if plan is not None else None
-            injection = None
-            if vector is not None:
-                injection = torch.where((ids == mask_id).unsqueeze(-1), vector.to(device),
-                                        torch.zeros((), dtype=dtype, device=device))
+            # the step as generation ran it: its steering (injection at the snapshot's masked
+            # positions, interventions in the read-out), the targets' rows read out
+            steering = StepSteering.at(st.plan, st.committed_before, trace.max_new_tokens, dtype)
+            window = ids.unsqueeze(0)  # (1, W): marks the masked positions for every row
             rows = torch.tensor(group, device=device)
             tok = torch.tensor([trace.committed[p][0] for p in group], device=device)
             w_y = model.lm_head_weight[tok].float()  # (G, D)
 
             def logits_at(x_emb: Tensor, target_idx: Tensor) -> Tensor:
                 """Target logits ``(R,)`` for embeddings ``(R, W, D)`` fp32, row r -> target target_idx[r]."""
-                R = x_emb.shape[0]
-                inj = injection.unsqueeze(0).expand(R, -1, -1) if injection is not None else None
-                h = tf(input_embeds=x_emb.to(dtype), out_rows=rows, injection=inj,
-                       inject_layer=plan.inject_layer if plan is not None else 0)  # (R, G, D)
-                h = h[torch.arange(R, device=device), target_idx]  # (R, D)
-                if plan is not None:
-                    h = plan.readout(model, h)
+                out = denoise_step(model, window, rows, steering=steering, input_embeds=x_emb.to(dtype))
+                h = out.readout[torch.arange(x_emb.shape[0], device=device), target_idx]  # (R, D)
                 return (h.float() * w_y[target_idx]).sum(-1)
 
             G = len(group)
