@@ -95,9 +95,11 @@ def byte_progress(desc: str, enabled: bool = True) -> Iterator[Progress | None]:
 
 
 def model_dir(args: argparse.Namespace) -> Path:
-    """The ``--model`` directory, or the embedded default (written on first use)."""
+    """The ``--model`` directory (or pulled model name), or the embedded default (written on first use)."""
     if args.model:
-        return Path(args.model)
+        from ..loading.hub import resolve_model  # a directory, or the local copy of a pulled model
+
+        return resolve_model(str(args.model))
     from ..loading.default_model import ensure_default_model
 
     return ensure_default_model()
