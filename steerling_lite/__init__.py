@@ -39,7 +39,8 @@ __all__ += [
 # loading: plan, then load; sizes; the user's data (issue 10)
 from quant import fmt_bytes, parse_size
 from .atomic import write_text_atomic
-from .loading.default_model import data_dir, default_model_dir, resolve_model_dir
+from .loading.default_model import data_dir, default_model_dir
+from .loading.hub import resolve_model_dir
 from .loading.plan import LoadPlan, plan_memory
 from .loading.quantized import QUANT_MODES
 

@@ -12,7 +12,7 @@ from quant import fmt_bytes, parse_size
 from quant.config import FLOAT_DTYPES
 
 from ..loading.checkpoint import Progress
-from ..loading.default_model import resolve_model_dir
+from ..loading.hub import resolve_model_dir
 from ..loading.quantized import QUANT_MODES, quant_config
 from ..runtime import Steerling
 
@@ -89,7 +89,7 @@ def byte_progress(desc: str, enabled: bool = True) -> Iterator[Progress | None]:
 
 
 def model_dir(args: argparse.Namespace) -> Path:
-    """The ``--model`` directory, or the embedded default (:func:`resolve_model_dir`)."""
+    """The ``--model`` directory (or pulled model name), or the embedded default (:func:`resolve_model_dir`)."""
     return resolve_model_dir(args.model)
 
 

@@ -65,11 +65,3 @@ def ensure_default_model() -> Path:
 
         write_random_checkpoint(path, preset_config("tiny"), seed=0)
     return path
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """The model directory a ``--model`` argument names (``~`` expanded), or, when it is
-    None or empty, the default model's (:func:`ensure_default_model`)."""
-    if model:
-        return Path(model).expanduser()
-    return ensure_default_model()
