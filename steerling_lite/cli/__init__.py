@@ -7,10 +7,10 @@ import sys
 from importlib.metadata import entry_points
 
 from ..errors import SteerlingError
-from . import concepts, explain, generate, info, plan, quantize, steer
+from . import concepts, explain, generate, index, info, plan, quantize, steer
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
-COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts]
+COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, index]
 
 
 def build_parser() -> argparse.ArgumentParser:
