@@ -20,7 +20,8 @@ Every synset becomes one corpus entry, a labelled span::
   synsets with between ``--min-category`` and ``--max-category`` descendants (``dog``,
   ``fruit``, ``vehicle``, ``bird``, ...), at most ``--max-categories`` of them.
 
-Output (``--out``, default ``checkpoints/data/wordnet``; git-ignored)::
+Output (``--out``, default ``checkpoints/data/wordnet``; git-ignored; ``--corpus-out`` also writes the
+training text as the package ships it)::
 
     meta.json                  counts, source, options, split
     known_concepts.parquet     the known rows of concept_labels.parquet (published columns)
@@ -436,6 +437,24 @@ def labels_frame(rows: list[dict]):
     return df
 
 
+def write_training_corpus(entries: Path, out: Path) -> None:
+    """The training split's entries, one per line in corpus order (their tokens, each line followed
+    by the newline token, are exactly ``train_tokens.npy``), xz-compressed (preset 9e) to ``out``."""
+    import lzma
+
+    lines = []
+    with open(entries, encoding="utf-8") as f:
+        for line in f:
+            e = json.loads(line)
+            if e["split"] == "train":
+                lines.append(e["text"])
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+    tmp.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wordnet-dir", type=Path, default=DEFAULT_WORDNET_DIR)
@@ -447,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-category", type=int, default=3000)
     p.add_argument("--max-categories", type=int, default=400)
     p.add_argument("--min-positives", type=int, default=1)
+    p.add_argument("--corpus-out", type=Path, metavar="FILE.xz",
+                   help="also write the training split's text (one entry per line, training order) xz-compressed; "
+                        "the package ships it as steerling_lite/assets/default-model/training-corpus.txt.xz")
     args = p.parse_args(argv)
 
     import pandas as pd  # noqa: F401  (parquet writing)
@@ -507,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2))
+    if args.corpus_out is not None:
+        write_training_corpus(args.out / "entries.jsonl", args.corpus_out)
     print(json.dumps(meta, indent=2))
     return 0
 

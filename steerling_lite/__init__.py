@@ -1,7 +1,9 @@
 """steerling-lite: a local runtime for Steerling, the interpretable causal diffusion language model."""
 
 from .loading.config import ConceptConfig, SteerlingConfig, load_config
-from .errors import CheckpointError, ConceptError, ConfigError, GenerationError, PlacementError, SteerlingError
+from .errors import (
+    CheckpointError, ConceptError, ConfigError, GenerationError, PlacementError, RetrievalError, SteerlingError,
+)
 from .generation.generate import Generation, GenerationConfig, GenerationResult, StepEvent
 from .runtime import Steerling
 from .generation.steering import SteeringPlan
@@ -16,6 +18,8 @@ from .interpret.chunks import ChunkAttribution, ChunkConcept, find_chunks
 from .interpret.concepts import Concept, ConceptCatalog
 from .interpret.concept_tokens import ConceptScore, TokenScore, concept_top_tokens, concepts_for_token
 from .interpret.embeddings import embed, embed_all
+from .interpret.index_build import BuildReport, add_to_index, build_index
+from .interpret.retrieval import Neighbour, SharedConcept, SpanNeighbours, TrainingIndex, retrieve
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
 from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
 from .generation.trace import GenerationTrace, StepTrace
@@ -53,3 +57,8 @@ __all__ += [
 from .generation.prompt import build_prompt  # noqa: E402
 
 __all__ += ["build_prompt"]
+
+__all__ += [  # training-data retrieval (issue 11)
+    "TrainingIndex", "retrieve", "build_index", "add_to_index", "BuildReport", "SpanNeighbours", "Neighbour",
+    "SharedConcept", "RetrievalError",
+]

@@ -27,6 +27,11 @@ class ConceptError(SteerlingError, ValueError):
     """An invalid concept id or strength, an unreadable labels file, or a model without concept heads."""
 
 
+class RetrievalError(SteerlingError, ValueError):
+    """A training-data index that is missing, corrupt, truncated or built by another model; a corpus
+    that cannot be indexed (unreadable, not UTF-8, empty); a span outside a generation's output."""
+
+
 def require_interpretable(model, what: str, error: type[SteerlingError] = ConceptError) -> None:
     """Raise ``error`` (default :class:`ConceptError`) unless ``model`` (a ``SteerlingModel``, or
     anything with a ``known_head`` attribute) has concept heads; ``what`` names the feature that

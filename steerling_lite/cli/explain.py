@@ -12,6 +12,7 @@ from ..errors import GenerationError
 from .common import load_model
 from .generate import add_generation_args, generation_config, prompt_ids, prompt_text
 from .steering_args import plan_from_args
+from .index import add_retrieve_args, neighbours, print_neighbours
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps for --inputs (default 32)")
     g.add_argument("--json", action="store_true", help="print per-token records (and chunks) as one JSON object")
     g.add_argument("--csv", metavar="FILE", help="also write the per-token decomposition as CSV to FILE")
+    add_retrieve_args(p.add_argument_group("training-data retrieval"))
     p.set_defaults(func=run)
 
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         from ..interpret.input_attribution import input_attribution
 
         inputs = input_attribution(lm, attribution, n_steps=args.ig_steps)
+    found = neighbours(args, lm, attribution)
     if args.csv:
         attribution.to_csv(args.csv)
     if args.json:
@@ -61,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             for c, cd in zip(chunks, out["chunks"]):
                 targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
                 cd["inputs"] = [x.to_dict() for x in inputs.aggregate("prompt", top=args.inputs, targets=targets)]
+        if found is not None:
+            out["retrieval"] = [f.to_dict() for f in found]
         print(json.dumps(out, allow_nan=False))
         return 0
     for i, c in enumerate(chunks, 1):
@@ -75,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
             targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
             top_in = inputs.aggregate("prompt", top=args.inputs, targets=targets)
             print("  inputs:     " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in top_in) or "-"))
+        if found is not None and args.span is None:
+            print_neighbours(found[i - 1])
         print()
+    if found is not None and args.span is not None:
+        print_neighbours(found[0], indent="")
     if not chunks:
         print("(nothing was generated)")
     print(

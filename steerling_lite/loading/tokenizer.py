@@ -99,6 +99,11 @@ class SteerlingTokenizer:
         """Token ids of ``text`` where special-token strings (``<|eot_id|>``...) become their ids."""
         return self._enc.encode(text, allowed_special="all")
 
+    def token_bytes(self, ids: Iterable[int]) -> bytes:
+        """The exact UTF-8 bytes of ``ids`` (BPE tokens may end inside a multi-byte character,
+        which :meth:`decode` would show as U+FFFD); ids without text are dropped."""
+        return self._enc.decode_bytes([int(i) for i in ids if self.is_text_token(int(i))])
+
     def is_text_token(self, token_id: int) -> bool:
         """True for ids that decode to something: the BPE ranks and the special tokens (not cl100k's
         unused ids 100256 and 100261..100275, which a model can still emit)."""
