@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from quant import fmt_bytes, parse_size
+from quant import QuantConfig, fmt_bytes, parse_size
 from quant.config import FLOAT_DTYPES
 
 from ..loading.checkpoint import Progress
@@ -58,7 +58,7 @@ def add_quant_settings(g) -> None:
                    help="nf4/fp4: matmul dtype (default bf16)")
 
 
-def quant_arg(args: argparse.Namespace):
+def quant_arg(args: argparse.Namespace) -> str | QuantConfig | None:
     """``--quant`` with its settings: the mode string (``auto``/``none``) or a :class:`quant.QuantConfig`."""
     mode = getattr(args, "quant", "auto")
     if mode in ("auto", "none"):
