@@ -237,7 +237,7 @@ class AttributionRecorder:
         texts = [self.tokenizer.token_text(t) for t in event.tokens]
         self._tables.append(table)
         self._texts.append(texts)
-        step = self._with_context(table, texts)
+        step = self._with_context(table, texts)  # this step's rows, in commit order
         return [make_record(step, i) for i in range(len(step))]
 
     def attribution(self) -> ConceptAttribution:
