@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConceptError, require_interpretable
-from ..model.concept_heads import NORM_EPS, as_concept_id, intervened_known_features, lm_alignment, readout
+from ..model.concept_heads import NORM_EPS, as_concept_id, lm_alignment, readout
 
 Schedule = Literal["fixed", "hard_cutoff"]
 SteeringMode = Literal["amplify", "suppress", "intervene"]
@@ -124,11 +124,6 @@ class SteeringPlan:
         the plan has interventions, else ``hidden`` itself
         (:func:`~steerling_lite.model.concept_heads.readout`)."""
         return readout(model, hidden, self.interventions)
-
-    def known_override(self, model, hidden: Tensor) -> Tensor:
-        """Known-concept features ``(N, D)`` with the intervened weights set
-        (:func:`~steerling_lite.model.concept_heads.intervened_known_features`)."""
-        return intervened_known_features(model.known_head, hidden, self.interventions)
 
 
 def concept_direction(model, concept_ids: list[int]) -> tuple[Tensor, float]:
