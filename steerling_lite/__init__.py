@@ -34,3 +34,16 @@ __all__ += [
     "concepts_for_token", "embed", "embed_all", "Steering", "SteeringBuilder", "build_steering", "amplify",
     "suppress", "InjectionTerm",
 ]
+
+# what the app (tui) needs, issue 10; sizes and model dirs are the loading stage's
+from .atomic import write_text_atomic
+from .errors import require_interpretable
+from .generation.steering import AMPLIFY_TARGET
+from .loading.default_model import data_dir, default_model_dir, resolve_model_dir
+from .loading.quantized import QUANT_MODES, LoadPlan, plan_memory
+from .loading.sizes import fmt_bytes, parse_size  # issue-10 placeholder (the loading helper's sizes)
+
+__all__ += [
+    "write_text_atomic", "require_interpretable", "AMPLIFY_TARGET", "data_dir", "default_model_dir",
+    "resolve_model_dir", "QUANT_MODES", "LoadPlan", "plan_memory", "fmt_bytes", "parse_size",
+]

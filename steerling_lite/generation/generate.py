@@ -105,6 +105,15 @@ class GenerationConfig:
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.max_new_tokens
 
+    @classmethod
+    def from_settings(cls, temperature: float | None = None, **settings) -> GenerationConfig:  # issue-10 placeholder
+        """A config from the settings a user gives (CLI flags, the app's form): ``temperature``
+        None means the reference's entropy-adaptive temperature, 0 greedy, any other value plain
+        sampling of ``softmax(logits / T)``; ``settings`` are the other fields."""
+        if temperature is None:
+            return cls(entropy_sampling=True, **settings)
+        return cls(temperature=temperature, entropy_sampling=False, **settings)
+
 
 @dataclass
 class StepEvent:
@@ -218,17 +227,22 @@ class Generation:
     def generated_ids(self, end: int | None = None) -> list[int]:
         """Generated ids so far, cleaned as the final result is: masks and EOS dropped, cut before
         the first stop token / ``<|eot_id|>``; ``end`` (absolute position) limits the region."""
+        return [self.sequence[p] for p in self.generated_positions(end)]
+
+    def generated_positions(self, end: int | None = None) -> list[int]:  # issue-10 placeholder (output positions)
+        """Absolute position of each id :meth:`generated_ids` returns (the same cleaning)."""
         cfg = self.model.cfg
         terminal = set(self.config.stop_tokens)
         if cfg.eot_id is not None:
             terminal.add(cfg.eot_id)
         out: list[int] = []
-        for t in self.sequence[len(self.prompt_ids):end]:
+        start = len(self.prompt_ids)
+        for p, t in enumerate(self.sequence[start:end], start):
             if t == cfg.mask_token_id or t == cfg.eos_token_id:
                 continue
             if t in terminal:
                 break
-            out.append(t)
+            out.append(p)
         return out
 
     def cancel(self) -> None:

@@ -65,3 +65,9 @@ def ensure_default_model() -> Path:
 
         write_random_checkpoint(path, preset_config("tiny"), seed=0)
     return path
+
+
+def resolve_model_dir(model: str | Path | None = None) -> Path:  # issue-10 placeholder (loading helper's)
+    """``model`` as a path, or the embedded default model's directory (written on first use)
+    when ``model`` is None or empty: what ``--model`` means in every command and the app."""
+    return Path(model) if model else ensure_default_model()

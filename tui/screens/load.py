@@ -92,7 +92,7 @@ class LoadScreen(Screen):
             path=self.query_one("#model-path", Input).value.strip(),
             device=str(self.query_one("#device", Select).value),
             quant=str(self.query_one("#quant", Select).value),
-            max_gpu_memory=backend.parse_size(budget_text),
+            max_gpu_memory=backend.budget_bytes(budget_text),
         )
 
     @on(Input.Changed)
