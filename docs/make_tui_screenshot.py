@@ -19,7 +19,7 @@ os.environ["STEERLING_LITE_HOME"] = tempfile.mkdtemp()  # no sessions of yours i
 
 from textual.widgets import Input  # noqa: E402
 
-from steerling_lite.loading.default_model import ensure_default_model  # noqa: E402
+from steerling_lite import resolve_model_dir  # noqa: E402
 from tui.app import SteerlingApp  # noqa: E402
 from tui.screens import ChatScreen  # noqa: E402
 from tui.widgets.steering import ConceptRow  # noqa: E402
@@ -40,7 +40,7 @@ async def wait_for(pilot, cond, timeout: float = 300.0) -> None:
 
 
 async def main() -> None:
-    app = SteerlingApp(ensure_default_model(), device="cpu")
+    app = SteerlingApp(resolve_model_dir(), device="cpu")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: app.lm is not None and isinstance(app.screen, ChatScreen))
         chat = app.screen

@@ -62,3 +62,9 @@ __all__ += [  # training-data retrieval (issue 11)
     "TrainingIndex", "retrieve", "build_index", "add_to_index", "BuildReport", "SpanNeighbours", "Neighbour",
     "SharedConcept", "RetrievalError",
 ]
+
+# what the app needs besides the above (issue 10)
+from .errors import require_interpretable  # noqa: E402
+from .generation.steering import AMPLIFY_TARGET  # noqa: E402
+
+__all__ += ["require_interpretable", "AMPLIFY_TARGET"]

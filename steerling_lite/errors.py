@@ -38,6 +38,6 @@ def require_interpretable(model, what: str, error: type[SteerlingError] = Concep
     needs them ("concept attribution", "steering", ...). The one place this message is written."""
     if getattr(model, "known_head", None) is None:
         raise error(
-            f"{what} needs an interpretable checkpoint (with concept heads); this one has none "
+            f"{what} needs an interpretable checkpoint; this one has no concept heads "
             f"(config.json: interpretable is false)"
         )

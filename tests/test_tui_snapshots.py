@@ -1,8 +1,9 @@
 """SVG snapshots of the app's main screens at 80x24 (pytest-textual-snapshot).
 
 Deterministic by construction: a fixed status source (no RAM / tokens/s figures), a fresh
-data dir, and sessions written to the database beforehand, so no generated text (whose
-random-model tokens could differ across CPUs) appears. Refresh with
+data dir, sessions written to the database beforehand, so no generated text (whose
+random-model tokens could differ across CPUs) appears, and cursors that do not blink (a
+blinking cursor's state depends on when the snapshot is taken). Refresh with
 ``pytest tests/test_tui_snapshots.py --snapshot-update`` after an intended change, and look
 at the report before committing.
 """
@@ -66,6 +67,14 @@ def saved_session(model: str) -> int:
     return session.id
 
 
+async def steady_cursors(pilot) -> None:
+    """Stop every text cursor blinking (a focused one stays drawn), then let the screen redraw."""
+    for screen in pilot.app.screen_stack:
+        for widget in screen.query("Input, TextArea"):
+            widget.cursor_blink = False
+    await pilot.pause()
+
+
 def reopened(tiny_ckpt, then=None):
     """A ``run_before`` that waits for the model, reopens the saved session, then runs ``then``."""
 
@@ -79,6 +88,7 @@ def reopened(tiny_ckpt, then=None):
         if then is not None:
             await then(pilot, chat)
         await pilot.pause()
+        await steady_cursors(pilot)
 
     return run_before
 
@@ -91,6 +101,7 @@ def test_snapshot_load_screen_error(snap_compare, home):
         await wait_for(pilot, lambda: isinstance(app.screen, LoadScreen)
                        and str(app.screen.query_one("#load-error").content), what="load error")
         await wait_for(pilot, lambda: "no memory plan" in str(app.screen.query_one("#plan").content), what="plan")
+        await steady_cursors(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
 
@@ -145,5 +156,6 @@ def test_snapshot_help_screen(snap_compare, home, tiny_ckpt):
         await wait_for(pilot, lambda: app.lm is not None and isinstance(app.screen, ChatScreen), what="model")
         await pilot.press("f1")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        await steady_cursors(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

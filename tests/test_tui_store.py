@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from steerling_lite import GenerationError
-from tui.backend import BackendError, Catalog, ConceptSpec, Sampling, parse_size
-from steerling_lite.atomic import write_text_atomic
+from steerling_lite import GenerationError, parse_size, write_text_atomic
+from tui.backend import BackendError, Sampling, budget_bytes
+from tui.concepts import Catalog, ConceptSpec
 from tui.export import export_session, session_to_dict, session_to_markdown
 from tui.store import SCHEMA_VERSION, Attribution, Session, Store, StoreError, Turn
 
@@ -129,13 +129,16 @@ def test_export_writes_atomically(tmp_path):
         write_text_atomic(blocker / "x.md", "text")
 
 
-def test_parse_size():
-    assert parse_size("") is None
-    assert parse_size("8GiB") == 8 * 2**30 and parse_size("8 GB") == 8 * 2**30 and parse_size("8") == 8 * 2**30
-    assert parse_size("512MiB") == 512 * 2**20 and parse_size("1.5g") == int(1.5 * 2**30)
-    assert parse_size("100b") == 100
+def test_budget_field_reads_sizes_as_the_runtime_does():
+    # the GPU budget field uses steerling_lite's one size parser (its units: GiB = 2**30,
+    # GB = 10**9); the field's unit is GiB, so a bare number is GiB; a blank field means no limit
+    assert budget_bytes("") is None and budget_bytes("  ") is None
+    assert budget_bytes("8GiB") == 8 * 2**30 and budget_bytes(" 512MiB ") == 512 * 2**20
+    for text in ("8GiB", "8GB", "1.5GiB", "100b"):
+        assert budget_bytes(text) == parse_size(text)
+    assert budget_bytes("8") == 8 * 2**30 and budget_bytes("1.5") == int(1.5 * 2**30)
     with pytest.raises(BackendError, match="memory budget"):
-        parse_size("lots")
+        budget_bytes("lots")
 
 
 def test_sampling_form_parsing():

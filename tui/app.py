@@ -1,8 +1,11 @@
 """The Textual app: ``steerling-lite tui`` / ``python -m tui``.
 
 Screens: :class:`LoadScreen` (pick and load a checkpoint), :class:`ChatScreen` (the main
-screen), and the modal help, history, compare and export screens. Everything the app
-asks of the runtime goes through :mod:`tui.backend`; sessions go to :mod:`tui.store`.
+screen), and the modal help, history, compare and export screens. The app owns the
+:class:`~tui.conversation.Conversation` (the controller the chat screen drives) and hands
+it its services: the sessions database (:mod:`tui.store`) at start, the model's
+(:class:`~tui.conversation.ModelServices`) when one is loaded. Everything asked of the
+runtime goes through :mod:`tui.backend` and :mod:`tui.concepts`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from steerling_lite import Steerling
+
 from . import backend
-from .backend import Catalog, StatusSource
+from .backend import LoadRequest, StatusSource
+from .concepts import Catalog
+from .conversation import RUNNING, Conversation
+from .records import ModelServices
 from .screens import ChatScreen, HelpScreen, LoadScreen
 from .store import Store, StoreError
 
@@ -43,21 +51,32 @@ class SteerlingApp(App):
         self.quant = quant
         self.status_source: StatusSource = status_source or backend.read_status
         self.store_path = store_path
-        self.store: Store | None = None
-        self.lm = None
-        self.load_request: backend.LoadRequest | None = None
-        self.model_info: backend.ModelInfo | None = None
-        self.catalog: Catalog = Catalog(None)
-        self.steerer: backend.Steerer | None = None
+        self.conversation = Conversation()
+        self.load_request: LoadRequest | None = None
         self.chat: ChatScreen | None = None
+
+    # ---- services --------------------------------------------------------------------------
+    @property
+    def store(self) -> Store | None:
+        """The sessions database (None when it could not be opened)."""
+        return self.conversation.store
+
+    @property
+    def lm(self) -> Steerling | None:
+        """The loaded model (None before one is loaded)."""
+        return self.conversation.lm
+
+    @property
+    def catalog(self) -> Catalog:
+        """The loaded model's concepts (empty without a model)."""
+        return self.conversation.model.catalog if self.conversation.model is not None else Catalog()
 
     def on_mount(self) -> None:
         try:
-            self.store = Store(self.store_path)
+            self.conversation.store = Store(self.store_path)
         except StoreError as exc:
-            self.store = None
             self.notify(f"{exc}; sessions will not be saved", severity="error", timeout=10)
-        self.chat = ChatScreen()
+        self.chat = ChatScreen(self.conversation, self.status_source)
         self.push_screen(self.chat)
         self.open_model(self.initial_model, autoload=bool(self.initial_model))
 
@@ -67,7 +86,12 @@ class SteerlingApp(App):
 
     # ---- model -------------------------------------------------------------------------
     def open_model(self, path: str = "", autoload: bool = False) -> None:
-        recent = self.store.recent_models() if self.store is not None else []
+        recent: list[str] = []
+        if self.store is not None:
+            try:
+                recent = self.store.recent_models()
+            except StoreError as exc:
+                self.notify(str(exc), severity="warning")
         if not path and self.load_request is not None:
             path = self.load_request.path
         elif not path and recent:
@@ -78,27 +102,24 @@ class SteerlingApp(App):
     def action_open_model(self) -> None:
         if isinstance(self.screen, LoadScreen):
             return
-        if self.chat is not None and self.chat.generation is not None:
-            self.chat.show_error("a generation is running: esc stops it first")
+        if self.chat is not None and self.conversation.pending is not None:
+            self.chat.show_error(RUNNING)
             return
         self.open_model()
 
-    def _model_loaded(self, result) -> None:
+    def _model_loaded(self, result: tuple[LoadRequest, Steerling] | None) -> None:
         if not result:
             return
         request, lm = result
-        self.lm = lm
         self.load_request = request
         self.device, self.quant = request.device, request.quant
-        self.model_info = backend.model_info(lm)
-        self.catalog = Catalog(lm)
-        self.steerer = backend.Steerer(lm)
+        self.conversation.model = ModelServices.for_model(lm)
         if self.catalog.warning:
             self.notify(self.catalog.warning, severity="warning", timeout=8)
         if self.store is not None:
             try:
                 self.store.remember_model(str(Path(request.path).expanduser()))
-            except Exception as exc:
+            except StoreError as exc:
                 self.notify(f"could not remember the model: {exc}", severity="warning")
         if self.chat is not None:
             self.chat.model_changed()
@@ -133,6 +154,6 @@ class SteerlingApp(App):
                                 chat.action_toggle_panel)
 
     async def action_quit(self) -> None:
-        if self.chat is not None and self.chat.generation is not None:
-            self.chat.generation.cancel()
+        if self.conversation.generation is not None:
+            self.conversation.generation.cancel()
         await super().action_quit()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from steerling_lite.cli.common import model_dir
+from steerling_lite import QUANT_MODES, resolve_model_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
-    p.add_argument("--quant", default="auto", choices=["auto", "none", "int8", "nf4", "fp4"],
+    p.add_argument("--quant", default="auto", choices=QUANT_MODES,
                    help="quantization of the transformer layers (default auto: the best precision that fits); "
                         "the load screen shows the memory plan before loading")
 
@@ -29,7 +29,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .app import SteerlingApp  # imported here: the other commands do not need Textual
 
-    path = model_dir(args)
+    path = resolve_model_dir(args.model)
     SteerlingApp(model=path, device=args.device, quant=args.quant).run()
     return 0
 

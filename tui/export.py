@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steerling_lite.atomic import write_text_atomic
+from steerling_lite import write_text_atomic
+
+from .concepts import steering_text
 from .store import Session
 
 EXPORT_FORMATS = ("markdown", "json")
@@ -68,13 +70,6 @@ def _backtick_runs(line: str) -> list[str]:
     return runs
 
 
-def _steering_line(steering: list[dict[str, Any]]) -> str:
-    on = [s for s in steering if s.get("enabled", True)]
-    if not on:
-        return "none"
-    return ", ".join(f"{s.get('label', s.get('concept_id'))} {float(s.get('strength', 0)):+g}" for s in on)
-
-
 def session_to_markdown(session: Session) -> str:
     """The session as Markdown: a heading, settings, then each prompt and output (fenced, verbatim)."""
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(session.created_at)) if session.created_at else ""
@@ -84,13 +79,13 @@ def session_to_markdown(session: Session) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in session.settings.items() if v is not None)
     if settings:
         out.append(f"- settings: {settings}")
-    out.append(f"- steering: {_steering_line(session.steering)}")
+    out.append(f"- steering: {steering_text(session.steering)}")
     if session.system:
         out += ["", "## System", "", _fence(session.system)]
     for i, t in enumerate(session.turns, 1):
         out += ["", f"## Turn {i}", "", "**Prompt**", "", _fence(t.prompt), "", "**Output**", "", _fence(t.output)]
         meta = [f"seed {t.seed}" if t.seed is not None else "", f"stop: {t.stop_reason}" if t.stop_reason else "",
-                f"steering: {_steering_line(t.steering)}"]
+                f"steering: {steering_text(t.steering)}"]
         out += ["", "_" + "; ".join(m for m in meta if m) + "_"]
         if t.unsteered is not None:
             out += ["", "**Unsteered (same seed)**", "", _fence(t.unsteered)]

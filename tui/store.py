@@ -1,6 +1,6 @@
 """Sessions on disk: a SQLite database in the user data dir, versioned with a migrations table.
 
-One database file, ``sessions.sqlite3`` in :func:`steerling_lite.loading.default_model.data_dir`
+One database file, ``sessions.sqlite3`` in :func:`steerling_lite.data_dir`
 (``$STEERLING_LITE_HOME`` if set). Every write runs in one explicit transaction
 (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error), and the app only says
 "saved" after the commit returned, so a crash never loses what was shown as saved.
@@ -19,7 +19,9 @@ Schema (version 1):
 - ``schema_migrations``: the versions applied.
 
 A newer app adds a migration to :data:`MIGRATIONS`; an older app refuses a database
-whose version it does not know (:class:`StoreError`), instead of corrupting it.
+whose version it does not know (:class:`StoreError`), instead of corrupting it. Every
+database error (``sqlite3.Error``) leaves the store as a :class:`StoreError` naming the
+file and what could not be done, so callers catch that one type.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerling_lite.loading.default_model import data_dir
+from steerling_lite import data_dir
 
 DB_NAME = "sessions.sqlite3"
 
@@ -84,7 +86,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(Exception):
-    """The sessions database cannot be opened or used (names the file and what is wrong)."""
+    """The sessions database cannot be opened, read or written (names the file and what is wrong)."""
 
 
 @dataclass
@@ -169,7 +171,10 @@ class Store:
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot create the folder of the sessions database ({exc})") from exc
         try:
             # isolation_level=None: no implicit transactions; we issue BEGIN / COMMIT ourselves.
             self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
@@ -188,18 +193,33 @@ class Store:
 
     # ---- plumbing ---------------------------------------------------------------------
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls the whole write back."""
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _errors(self, what: str) -> Iterator[None]:
+        """Turn a ``sqlite3.Error`` into a :class:`StoreError`: ``<file>: cannot <what> (<error>)``."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot {what} ({exc})") from exc
+
+    @contextmanager
+    def transaction(self, what: str = "write to the sessions database") -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls the whole write back.
+
+        Raises:
+            StoreError: a database error (what was being done, the file); other exceptions
+                from the body pass through, after the rollback.
+        """
+        with self._errors(what):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
 
     def schema_version(self) -> int:
-        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        with self._errors("read the schema version"):
+            row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
     def _migrate(self) -> None:
@@ -213,7 +233,7 @@ class Store:
                 "upgrade steerling-lite"
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
-            with self.transaction() as c:
+            with self.transaction(f"upgrade the database to schema version {version}") as c:
                 for stmt in MIGRATIONS[version - 1]:
                     c.execute(stmt)
                 c.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
@@ -222,7 +242,7 @@ class Store:
     def save_session(self, session: Session) -> int:
         """Insert or update ``session``'s own fields (not its turns); sets and returns ``session.id``."""
         now = time.time()
-        with self.transaction() as c:
+        with self.transaction("save the session") as c:
             self._upsert_session(c, session, now)
         session.updated_at = now
         return session.id
@@ -255,7 +275,7 @@ class Store:
         with the session's settings and steering; sets and returns ``turn.id``."""
         now = time.time()
         turn.created_at = turn.created_at or now
-        with self.transaction() as c:
+        with self.transaction("save the answer") as c:
             self._upsert_session(c, session, now)
             position = c.execute(
                 "SELECT COALESCE(MAX(position) + 1, 0) FROM turns WHERE session_id=?", (session.id,)
@@ -278,7 +298,7 @@ class Store:
 
     def set_unsteered(self, turn: Turn, text: str) -> None:
         """Record the unsteered output of a turn (from "Compare")."""
-        with self.transaction() as c:
+        with self.transaction("save the unsteered answer") as c:
             c.execute("UPDATE turns SET unsteered=? WHERE id=?", (text, turn.id))
         turn.unsteered = text
 
@@ -286,14 +306,14 @@ class Store:
         """Save an attribution of ``turn`` (which must be saved); sets and returns its id."""
         if turn.id is None:
             raise StoreError("save the turn before its attributions")
-        with self.transaction() as c:
+        with self.transaction("save the attribution") as c:
             attribution.id = self._insert_attribution(c, turn.id, attribution, time.time())
         turn.attributions.append(attribution)
         return attribution.id
 
     def update_attribution(self, attribution: Attribution) -> None:
         """Rewrite a saved attribution's data (e.g. input tokens added to it)."""
-        with self.transaction() as c:
+        with self.transaction("save the attribution") as c:
             c.execute("UPDATE attributions SET data=? WHERE id=?", (_dump(attribution.data), attribution.id))
 
     @staticmethod
@@ -306,19 +326,24 @@ class Store:
 
     def list_sessions(self, limit: int = 200) -> list[SessionSummary]:
         """Sessions, most recently updated first."""
-        rows = self.conn.execute(
-            "SELECT s.id, s.title, s.model, s.updated_at, COUNT(t.id) AS n FROM sessions s "
-            "LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC, s.id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
+        with self._errors("list the sessions"):
+            rows = self.conn.execute(
+                "SELECT s.id, s.title, s.model, s.updated_at, COUNT(t.id) AS n FROM sessions s "
+                "LEFT JOIN turns t ON t.session_id = s.id GROUP BY s.id ORDER BY s.updated_at DESC, s.id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
         return [SessionSummary(r["id"], r["title"], r["model"], r["n"], r["updated_at"]) for r in rows]
 
     def load_session(self, session_id: int) -> Session:
         """The session with its turns and their attributions.
 
         Raises:
-            StoreError: no session has this id.
+            StoreError: no session has this id, or it cannot be read.
         """
+        with self._errors(f"read session {session_id}"):
+            return self._load_session(session_id)
+
+    def _load_session(self, session_id: int) -> Session:
         r = self.conn.execute("SELECT * FROM sessions WHERE id=?", (session_id,)).fetchone()
         if r is None:
             raise StoreError(f"{self.path}: no session {session_id}")
@@ -341,13 +366,13 @@ class Store:
         return session
 
     def delete_session(self, session_id: int) -> None:
-        with self.transaction() as c:
+        with self.transaction(f"delete session {session_id}") as c:
             c.execute("DELETE FROM sessions WHERE id=?", (session_id,))
 
     # ---- recent models -----------------------------------------------------------------
     def remember_model(self, path: str, keep: int = 10) -> None:
         """Put ``path`` first in the recent models, keeping the ``keep`` most recent."""
-        with self.transaction() as c:
+        with self.transaction("remember the model") as c:
             c.execute(
                 "INSERT INTO recent_models (path, used_at) VALUES (?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET used_at=excluded.used_at",
@@ -360,7 +385,8 @@ class Store:
 
     def recent_models(self) -> list[str]:
         """Model directories opened, most recent first."""
-        return [r[0] for r in self.conn.execute("SELECT path FROM recent_models ORDER BY used_at DESC")]
+        with self._errors("read the recent models"):
+            return [r[0] for r in self.conn.execute("SELECT path FROM recent_models ORDER BY used_at DESC")]
 
 
 def _dump(value: Any) -> str:

@@ -282,7 +282,7 @@ def resolve_model(text: str) -> Path:
     return found
 
 
-def resolve_model_dir(model: str | Path | None) -> Path:
+def resolve_model_dir(model: str | Path | None = None) -> Path:
     """The model directory a ``--model`` argument names: a directory (``~`` expanded), the local
     copy of a pulled model (:func:`resolve_model`), or, when ``model`` is None or empty, the
     embedded default model's (:func:`~steerling_lite.loading.default_model.ensure_default_model`).

@@ -66,7 +66,7 @@ class LoadScreen(Screen):
                 yield Select([(m, m) for m in modes], value=self.quant if self.quant in modes else modes[0],
                              allow_blank=False, id="quant", compact=True)
                 yield Label("GPU budget", classes="opt-label")
-                yield Input(placeholder="all free", id="budget", compact=True)
+                yield Input(placeholder="all free (GiB)", id="budget", compact=True)
             with VerticalScroll(id="plan-box"):
                 yield Static("", id="plan")
             with Horizontal(id="load-buttons"):
@@ -92,7 +92,7 @@ class LoadScreen(Screen):
             path=self.query_one("#model-path", Input).value.strip(),
             device=str(self.query_one("#device", Select).value),
             quant=str(self.query_one("#quant", Select).value),
-            max_gpu_memory=backend.parse_size(budget_text),
+            max_gpu_memory=backend.budget_bytes(budget_text),
         )
 
     @on(Input.Changed)

@@ -17,6 +17,9 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from ..concepts import steering_text
+from ..store import Turn
+
 PLACEHOLDER = "░"
 
 
@@ -196,6 +199,21 @@ class TurnView(Vertical):
     def set_meta(self, text: str) -> None:
         self.query_one(".turn-meta", Static).update(Text(text))
 
+    def show_answer(self, turn: Turn, tokens: list[str]) -> None:
+        """Draw a saved answer: its ``tokens`` (or its text, when no model could decode them),
+        its meta line and the input tokens of its last saved attribution."""
+        if tokens:
+            self.output.show_tokens(tokens)
+        else:
+            self.output.show_plain(turn.output)
+        self.set_meta(meta_line(turn))
+        if turn.attributions and turn.attributions[-1].data.get("inputs"):
+            self.highlight_inputs(turn.attributions[-1].data["inputs"])
+
+    def highlight_inputs(self, inputs: list[dict]) -> None:
+        """Shade the prompt by each input token's score (``[{"text", "score"}]``, prompt order)."""
+        self.highlight_prompt([str(r["text"]) for r in inputs], [float(r["score"]) for r in inputs])
+
     def highlight_prompt(self, tokens: list[str], scores: list[float]) -> None:
         """Draw the prompt's tokens with a background whose strength is each token's share of
         the largest absolute score (green: pushes towards the token, red: away)."""
@@ -207,3 +225,14 @@ class TurnView(Vertical):
             color = f"rgb(0,{level},0)" if s >= 0 else f"rgb({level},0,0)"
             text.append(clean(tok), Style(bgcolor=color) if a > 0.05 else None)
         self.query_one(".turn-prompt", Static).update(text)
+
+
+def meta_line(turn: Turn) -> str:
+    """The line under an answer: seed, tokens, why it stopped, the steering it ran with."""
+    parts = [f"seed {turn.seed}", f"{len(turn.token_ids)} tokens", f"stop: {turn.stop_reason}"]
+    steer = steering_text(turn.steering)
+    if turn.settings.get("steering_changed_while_generating"):
+        parts.append(f"steering changed while generating, ended with: {steer}")
+    elif steer != "none":
+        parts.append(f"steered: {steer}")
+    return " · ".join(parts)

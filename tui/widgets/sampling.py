@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Input, Label, Static
 
-from ..backend import Sampling
+from ..backend import BackendError, ModelInfo, Sampling
 
 FIELDS = [
     ("max_new_tokens", "max tokens", "multiple of the block"),
@@ -44,6 +44,17 @@ class SamplingForm(VerticalScroll):
             self.query_one(f"#set-{key}", Input).value = values[key]
         if system is not None:
             self.query_one("#set-system", Input).value = system
+
+    def set_model(self, info: ModelInfo) -> None:
+        """Fit the settings to a newly loaded model: one diffusion block of tokens when the
+        current length does not fit its block; the system prompt for chat models only."""
+        try:
+            current = Sampling.from_form(self.form())
+        except BackendError:
+            current = Sampling()
+        self.set_values(current.fit_block(info.block))
+        self.set_chat(info.instruct, f"context {info.context} tokens, block {info.block}"
+                      + ("; chat template on" if info.instruct else "; completion"))
 
     def set_chat(self, chat: bool, note: str = "") -> None:
         """Show the system prompt only for chat (instruct) models."""

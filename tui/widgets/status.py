@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..backend import Status, fmt_bytes
+from steerling_lite import fmt_bytes
+
+from ..backend import Status
 
 
 class StatusBar(Static):
@@ -28,7 +30,7 @@ class StatusBar(Static):
         parts = [
             (f" {s.device} {s.dtype} ", "reverse"),
             (f" quant {s.quant} ", ""),
-            (f" RAM {fmt_bytes(s.ram_bytes)} ", ""),
+            (f" RAM {'-' if s.ram_bytes is None else fmt_bytes(s.ram_bytes)} ", ""),
         ]
         if s.gpu_bytes is not None:
             parts.append((f" GPU {fmt_bytes(s.gpu_bytes)} ", ""))

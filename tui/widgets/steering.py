@@ -18,7 +18,10 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ..backend import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN, BackendError, Catalog, Concept, ConceptSpec
+from steerling_lite import Concept
+
+from ..backend import BackendError
+from ..concepts import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN, Catalog, ConceptSpec
 
 
 class ConceptRow(Widget, can_focus=True):
@@ -129,7 +132,7 @@ class SteeringPanel(Vertical):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.catalog: Catalog = Catalog(None)
+        self.catalog: Catalog = Catalog()
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="search concepts (name, words, #id)", id="concept-search", compact=True)
