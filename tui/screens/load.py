@@ -66,7 +66,7 @@ class LoadScreen(Screen):
                 yield Select([(m, m) for m in modes], value=self.quant if self.quant in modes else modes[0],
                              allow_blank=False, id="quant", compact=True)
                 yield Label("GPU budget", classes="opt-label")
-                yield Input(placeholder="all free (GiB)", id="budget", compact=True)
+                yield Input(placeholder="all free", id="budget", compact=True)
             with VerticalScroll(id="plan-box"):
                 yield Static("", id="plan")
             with Horizontal(id="load-buttons"):
