@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from steerling_lite import ChatMessage, Generation, Steerling, SteerlingError, require_interpretable
+from steerling_lite import ChatMessage, Generation, Steerling, SteerlingError, build_prompt, require_interpretable
 
 from . import backend
 from .backend import BackendError, Sampling
@@ -34,8 +34,8 @@ from .store import Attribution, Session, SessionSummary, Store, StoreError, Turn
 RUNNING = "a generation is running: esc stops it first"
 
 
-def build_prompt(lm: Steerling, prompt: str, history: Sequence[tuple[str, str]] = (), system: str = "") -> list[int]:
-    """Token ids for ``prompt``.
+def turn_prompt(lm: Steerling, prompt: str, history: Sequence[tuple[str, str]] = (), system: str = "") -> list[int]:
+    """Token ids for the chat's next turn, built by :func:`steerling_lite.build_prompt`.
 
     Instruct models: system turn (if any), the earlier (user, assistant) turns of the
     session, then ``prompt`` as the user turn, in the chat template. Base models:
@@ -46,13 +46,10 @@ def build_prompt(lm: Steerling, prompt: str, history: Sequence[tuple[str, str]] 
     """
     if not prompt.strip():
         raise BackendError("the prompt is empty: type some text first")
-    if lm.config.instruct:
-        msgs = [ChatMessage("system", system)] if system.strip() else []
-        for user, assistant in history:
-            msgs += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
-        msgs.append(ChatMessage("user", prompt))
-        return lm.encode_prompt(msgs)
-    return lm.encode_prompt(prompt, chat=False)
+    msgs = [ChatMessage("system", system)] if system.strip() else []
+    for user, assistant in history:
+        msgs += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
+    return build_prompt(lm.tokenizer, prompt, messages=msgs, chat=lm.config.instruct)
 
 
 class Conversation:
@@ -113,7 +110,7 @@ class Conversation:
         chat = lm.config.instruct
         history = [(a.turn.prompt, a.turn.output) for a in self.answers] if chat else []
         system = system if chat else ""
-        prompt_ids = build_prompt(lm, text, history, system)
+        prompt_ids = turn_prompt(lm, text, history, system)
         gen = lm.stream(prompt_ids, sampling.to_config(), capture_hidden=lm.config.interpretable)
         self.pending = PendingTurn(text, prompt_ids, sampling, list(specs), system, self._steer_seq, model, gen)
         return self.pending
