@@ -83,6 +83,7 @@ class ServerState:
         self.names = ConceptNames(catalog, lm.config.concept.n_concepts) if interpretable else None
 
     def model_card(self) -> dict[str, Any]:
+        """The model's entry in ``/v1/models``: OpenAI's fields, vLLM's ``max_model_len``, and ``steerling``."""
         cfg, lm = self.lm.config, self.lm
         return {
             "id": self.settings.model_name, "object": "model", "created": self.started, "owned_by": "steerling-lite",
@@ -229,6 +230,11 @@ async def read_body(request: Request, schema: type[M], limit: int) -> M:
 
 
 def submit(state: ServerState, fn) -> Job:
+    """Queue ``fn`` (see :class:`.queue.Job`).
+
+    Raises:
+        APIError: 503 when the queue is full.
+    """
     try:
         return state.queue.submit(fn)
     except QueueFull as exc:

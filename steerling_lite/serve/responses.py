@@ -80,6 +80,7 @@ DONE = "data: [DONE]\n\n"
 
 
 def usage(outcome: Outcome) -> dict[str, int]:
+    """OpenAI's ``usage``: prompt, completion (returned) and total tokens."""
     return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
             "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
 
