@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from ..errors import ConceptError
 from ..interpret.concept_tokens import concept_top_tokens, concepts_for_token
 from ..interpret.concepts import ConceptCatalog, find_labels_file
+from ..loading.hub import resolve_model_dir
 from .common import add_model_args, load_model
 
 
@@ -53,14 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _catalog_without_model(args: argparse.Namespace) -> ConceptCatalog:
-    path = find_labels_file(args.model, args.labels)
+    model = resolve_model_dir(args.model) if args.model else None  # a directory or a pulled model's name
+    path = find_labels_file(model, args.labels)
     if path is None:
         raise ConceptError(
             "no concept labels found: pass --labels FILE (concept_labels.parquet from the Hugging Face repo "
             "guidelabs/steerling), put it in the --model directory, or set $STEERLING_CONCEPTS_PATH"
         )
-    if args.model:
-        return ConceptCatalog.for_model(Path(args.model), path)
+    if model is not None:
+        return ConceptCatalog.for_model(model, path)
     return ConceptCatalog.load(path)
 
 
