@@ -53,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _catalog_without_model(args: argparse.Namespace) -> ConceptCatalog:
-    model = resolve_model_dir(args.model) if args.model else None  # a directory or a pulled model's name
+    # a directory, a pulled model's name, or (no --model, no --labels) the default model
+    model = resolve_model_dir(args.model) if args.model or not args.labels else None
     path = find_labels_file(model, args.labels)
     if path is None:
         raise ConceptError(
