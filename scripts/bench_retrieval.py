@@ -47,7 +47,7 @@ from steerling_lite import Steerling  # noqa: E402
 from steerling_lite.interpret import index_store as store  # noqa: E402
 from steerling_lite.interpret.corpus import iter_chunks  # noqa: E402
 from steerling_lite.interpret.index_build import build_index, default_corpus_path  # noqa: E402
-from steerling_lite.interpret.retrieval import DEFAULT_REPRESENTATION, pooled_batches, representation  # noqa: E402
+from steerling_lite.interpret.representation import DEFAULT_REPRESENTATION, pooled_batches, representation  # noqa: E402
 from steerling_lite.loading.default_model import shipped_model_dir  # noqa: E402
 
 START, END = "<!-- retrieval:start -->", "<!-- retrieval:end -->"
@@ -226,7 +226,7 @@ def markdown(res: dict) -> str:
     b = res.get("build")
     if b:
         mb = b["mb_per_million"]
-        out += ["", f"### Index build", "",
+        out += ["", "### Index build", "",
                 f"`build_index` over the first {b['lines']:,} lines of the corpus: {b['chunks']:,} chunks in "
                 f"{b['seconds']:.1f} s, **{b['chunks_per_s']:.0f} chunks/s** (chunking, embedding, SQLite, FAISS). "
                 f"Size per million chunks: {mb.get('vectors.faiss', 0):,.0f} MiB of vectors "

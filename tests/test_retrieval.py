@@ -15,8 +15,10 @@ from steerling_lite.cli import main
 from steerling_lite.errors import RetrievalError, SteerlingError
 from steerling_lite.interpret import index_build, index_store
 from steerling_lite.interpret.corpus import balanced_lengths, inspect_corpus, iter_chunks
-from steerling_lite.interpret.index_build import add_to_index, build_index, default_corpus_path, ensure_default_index
-from steerling_lite.interpret.retrieval import TrainingIndex, retrieve, span_ids
+from steerling_lite.interpret.index_build import (
+    add_to_index, build_index, default_corpus_path, default_index_path, ensure_default_index,
+)
+from steerling_lite.interpret.retrieval import TrainingIndex, output_spans, retrieve, span_ids
 from steerling_lite.loading.default_model import data_dir, shipped_model_dir
 
 LINES = [
@@ -118,11 +120,19 @@ def test_default_model_finds_its_training_text(tmp_path):
 def test_spans_of_a_generation(lm, built):
     attribution = explain(lm, PROMPT, GenerationConfig(max_new_tokens=32, steps=16, temperature=0.0))
     with TrainingIndex.open(built, lm) as index:
-        by_chunk = retrieve(lm, index, attribution, k=2)
-        assert [(s.start, s.end) for s in by_chunk] == [(c.start - attribution.prompt_len, c.end - attribution.prompt_len)
-                                                       for c in attribution.chunks()]
-        (span,) = retrieve(lm, index, attribution, [(3, 11)], k=4)
+        pieces = retrieve(lm, index, attribution, k=2)  # the output cut as the corpus was
         seq = attribution.trace.sequence()[attribution.prompt_len:]
+        spans = [(p.start, p.end) for p in pieces]
+        assert spans == output_spans(attribution, 16) and all(0 < e - s <= 16 for s, e in spans)
+        assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
+        covered = {i for s, e in spans for i in range(s, e)}
+        for i, t in enumerate(seq):  # every text token is in a piece, and no piece crosses a line break
+            text = lm.tokenizer.token_bytes([t])
+            assert (i in covered) == (t not in lm.tokenizer.special_ids and not (b"\n" in text and not text.strip()))
+            if b"\n" in text and i in covered:
+                assert any(e == i + 1 for _, e in spans)
+        assert all(len(p.neighbours) == 2 for p in pieces)
+        (span,) = retrieve(lm, index, attribution, [(3, 11)], k=4)
         ids = span_ids(attribution, 3, 11)
         assert ids == [t for t in seq[3:11] if t not in lm.tokenizer.special_ids]
         direct = index.search_ids(lm, [ids], k=4)[0]
@@ -275,17 +285,18 @@ def test_default_index_is_built_on_first_use(tmp_path, monkeypatch, capsys):
     cap = capsys.readouterr()
     assert "building the default model's training-data index" in cap.err
     out = json.loads(cap.out)
-    assert len(out["retrieval"]) == len(out["chunks"]) and len(out["retrieval"][0]["neighbours"]) == 2
+    assert len(out["retrieval"]) >= len(out["chunks"]) and len(out["retrieval"][0]["neighbours"]) == 2
     assert out["retrieval"][0]["neighbours"][0]["source"] == str(small)
-    (built_dir,) = (data_dir() / "indexes").iterdir()
     lm = Steerling.load(shipped_model_dir(), device="cpu", dtype="fp32", quant="none")
+    built_dir = default_index_path(lm)
+    assert built_dir.parent == data_dir() / "indexes" and (built_dir / index_store.MANIFEST).is_file()
     assert ensure_default_index(lm) == built_dir  # second use: no build
     (built_dir / index_store.VECTORS).write_bytes(b"damaged")
     assert ensure_default_index(lm) == built_dir  # our own damaged index is built again
     TrainingIndex.open(built_dir, lm).close()
     assert main(argv + ["--span", "2:9"]) == 0
     cap = capsys.readouterr()
-    assert "building" not in cap.err and "training data nearest to tokens 2..8:" in cap.out
+    assert "building" not in cap.err and "training data nearest to tokens 2..8 " in cap.out
 
 
 # ---- CLI ------------------------------------------------------------------------------------------
@@ -306,7 +317,7 @@ def test_cli_index_build_add_info_search_and_explain(make_ckpt, corpus, tmp_path
     run = ["explain", *common, "--prompt", PROMPT, "-n", "16", "--seed", "1", "--retrieve", "3", "--index", idx]
     assert main(run) == 0
     out = capsys.readouterr().out
-    assert "training data nearest to tokens 0..15:" in out and "  1. " in out
+    assert "  training data nearest to tokens 0.." in out and "    1. " in out
     errors = [(run + ["--span", "10:40"], "outside the generated output"),
               (run[:-2], "no training-data index for this model: pass --index INDEX"),
               (["index", "build", *common, "--corpus", str(corpus / "a.txt"), "--out", idx], "already there")]

@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
             top_in = inputs.aggregate("prompt", top=args.inputs, targets=targets)
             print("  inputs:     " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in top_in) or "-"))
         if found is not None and args.span is None:
-            print_neighbours(found[i - 1])
+            print_neighbours(found, c.start - attribution.prompt_len, c.end - attribution.prompt_len)
         print()
     if found is not None and args.span is not None:
-        print_neighbours(found[0], indent="")
+        print_neighbours(found, indent="")
     if not chunks:
         print("(nothing was generated)")
     print(

@@ -14,7 +14,8 @@ import textwrap
 from ..errors import RetrievalError
 from ..interpret.index_build import (add_to_index, build_index, default_index_path, ensure_default_index,
                                      is_default_model)
-from ..interpret.retrieval import DEFAULT_REPRESENTATION, REPRESENTATIONS, TrainingIndex, index_summary, retrieve
+from ..interpret.representation import DEFAULT_REPRESENTATION, REPRESENTATIONS
+from ..interpret.retrieval import TrainingIndex, index_summary, retrieve
 from .common import add_model_args, byte_progress, load_model
 
 
@@ -90,7 +91,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(found.to_dict()))
     else:
-        print_neighbours(found, indent="")
+        print_neighbours([found], indent="")
     return 0
 
 
@@ -129,7 +130,8 @@ def index_path(args: argparse.Namespace, lm):
 
 
 def neighbours(args: argparse.Namespace, lm, attribution) -> list | None:
-    """``explain --retrieve``: the neighbours of each chunk of the output (or of ``--span``), or None."""
+    """``explain --retrieve``: the neighbours of each span of the output (cut as the corpus was:
+    lines, at most one chunk) or of ``--span``; None without ``--retrieve``."""
     if args.retrieve <= 0:
         if args.span is not None or args.index:
             raise RetrievalError("--span and --index go with --retrieve K")
@@ -138,12 +140,17 @@ def neighbours(args: argparse.Namespace, lm, attribution) -> list | None:
         return retrieve(lm, index, attribution, [args.span] if args.span else None, args.retrieve)
 
 
-def print_neighbours(found, indent: str = "  ") -> None:
-    """One line per neighbour (rank, similarity, source:line, text) and the known concepts shared."""
-    where = f"tokens {found.start}..{found.end - 1}" if found.start is not None else repr(found.text)
-    print(f"{indent}training data nearest to {where}:")
-    for n in found.neighbours:
-        text = textwrap.shorten(n.text, 70, placeholder=" ...")
-        print(f"{indent}  {n.rank}. {n.similarity:.3f}  {n.source.rsplit('/', 1)[-1]}:{n.line}  {text!r}")
-        if n.shared:
-            print(f"{indent}     shared: " + ", ".join(s.label for s in n.shared[:4]))
+def print_neighbours(found: list, start: int = 0, end: int | None = None, indent: str = "  ") -> None:
+    """For each query in ``found`` that starts in generated tokens ``[start, end)``: its tokens
+    and text, then one line per neighbour (rank, similarity, file:line, text) and the known
+    concepts they share."""
+    for f in found:
+        if f.start is not None and not (start <= f.start and (end is None or f.start < end)):
+            continue
+        where = f"tokens {f.start}..{f.end - 1} " if f.start is not None else ""
+        print(f"{indent}training data nearest to {where}{textwrap.shorten(f.text, 60, placeholder=' ...')!r}:")
+        for n in f.neighbours:
+            text = textwrap.shorten(n.text, 70, placeholder=" ...")
+            print(f"{indent}  {n.rank}. {n.similarity:.3f}  {n.source.rsplit('/', 1)[-1]}:{n.line}  {text!r}")
+            if n.shared:
+                print(f"{indent}     shared: " + ", ".join(s.label for s in n.shared[:4]))

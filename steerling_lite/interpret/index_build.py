@@ -26,7 +26,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from itertools import islice
@@ -37,7 +37,8 @@ import numpy as np
 from ..errors import RetrievalError
 from . import index_store as store
 from .corpus import Chunk, CorpusFile, inspect_corpus, iter_chunks
-from .retrieval import DEFAULT_REPRESENTATION, check_model, embed_sequences, model_fingerprint
+from .representation import DEFAULT_REPRESENTATION, embed_sequences, model_fingerprint
+from .retrieval import check_model
 
 WINDOW = 2048  # chunks per transaction: what an interrupted build can lose
 PENDING_DB = "pending.sqlite"
@@ -332,15 +333,33 @@ def ensure_default_index(lm, progress: BuildProgress | None = None) -> Path:
         raise RetrievalError("only the default model has a built-in training corpus; pass --index INDEX "
                              "(build one with `steerling-lite index build --model DIR --corpus FILE --out INDEX`)")
     path = default_index_path(lm)
-    if path.exists():
-        try:
-            store.read_manifest(path, verify=False)
-            return path
-        except RetrievalError:  # a damaged copy of our own index: built again below
-            shutil.rmtree(path)
     corpus = default_corpus_path()
     if not corpus.is_file():
         raise RetrievalError(f"{corpus}: the default model's training corpus is missing (installed without "
                              "package data?); reinstall steerling-lite")
-    build_index(lm, [corpus], path, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.parent / f".{path.name}.lock"):  # a second process waits, then finds it built
+        if path.exists():
+            try:
+                store.read_manifest(path, verify=False)
+                return path
+            except RetrievalError:  # a damaged copy of our own index: built again below
+                shutil.rmtree(path)
+        build_index(lm, [corpus], path, progress=progress)
     return path
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``lock`` (POSIX ``flock``; none where it is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
