@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--head", choices=["known", "discovered"], default="known")
     add_model_args(sh)
     _labels_args(sh)
-    sh.add_argument("--tokens", type=positive_int, default=15, help="top promoted tokens to show (default 15)")
+    sh.add_argument("--tokens", type=non_negative_int, default=15, help="top promoted tokens to show (default 15)")
     sh.set_defaults(func=run_show)
 
     t = csub.add_parser("token", help="concepts most aligned with one token")
