@@ -34,6 +34,8 @@ from steerling_lite.generation.generate import Generation
     (["steer", "--prompt", "x", "--amplify", "1", "--width", "-5"], "--width"),
     (["explain", "--prompt", "x", "--top", "0"], "--top"),
     (["index", "search", "--text", "x", "-k", "0"], "-k"),
+    (["generate", "--prompt", "x", "--offload-dir", __file__], "--offload-dir"),
+    (["plan", "--offload-dir", __file__ + "/sub"], "--offload-dir"),
 ])
 def test_bad_argument_values_are_usage_errors(argv, option, capsys):
     with pytest.raises(SystemExit) as exc:

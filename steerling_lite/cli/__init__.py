@@ -7,6 +7,7 @@ import errno
 import sys
 from importlib.metadata import entry_points
 
+from ..atomic import Terminated
 from ..errors import SteerlingError
 from . import concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except Exception as exc:  # the boundary: every error becomes one line
         if args.debug:
             raise

@@ -82,3 +82,20 @@ def device_arg(text: str) -> str:
 
 
 device_arg.__name__ = "device"
+
+
+def directory_arg(text: str) -> str:
+    """A type accepting a directory path that exists as a directory or does not exist yet (it is
+    created when needed); a path naming a file, or under one, is refused."""
+    from pathlib import Path
+
+    p = Path(text).expanduser()
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                raise argparse.ArgumentTypeError(f"{str(q)!r} is a file; expected a directory")
+            break
+    return text
+
+
+directory_arg.__name__ = "directory"

@@ -16,7 +16,7 @@ from ..loading.hub import resolve_model_dir
 from ..loading.quantized import QUANT_MODES, quant_config
 from ..errors import InputError
 from ..runtime import Steerling
-from .argtypes import device_arg, float_arg
+from .argtypes import device_arg, directory_arg, float_arg
 
 
 def size_arg(text: str) -> int:
@@ -45,7 +45,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GPU memory to use at most, e.g. 6GiB (default: what is free); the rest is offloaded")
     g.add_argument("--max-cpu-memory", type=size_arg, metavar="SIZE",
                    help="RAM to use at most, e.g. 16GiB (default: what is available minus 1 GiB)")
-    g.add_argument("--offload-dir", metavar="DIR",
+    g.add_argument("--offload-dir", metavar="DIR", type=directory_arg,
                    help="directory for disk offload of layers that fit neither on the GPU nor in RAM")
     add_quant_settings(g)
 

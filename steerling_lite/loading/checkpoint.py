@@ -256,6 +256,10 @@ def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = FLOAT_
                 check_file_settings(prequant, meta, str(path))
             except ValueError as exc:
                 raise CheckpointError(str(exc)) from None
+            no_crc = next((i.name for i in headers.values() if i.file == path and i.crc32 is None), None)
+            if no_crc is not None:  # files we write always carry CRC-32s: their absence is damage
+                raise CheckpointError(f"{path}: tensor {no_crc} has no CRC-32 in the file's {META_CRC32} metadata; "
+                                      "a pre-quantized file always records them: it was altered, quantize again")
     want = expected_tensors(cfg, prequant)
     tensors: dict[str, TensorInfo] = {}
     missing: list[str] = []
