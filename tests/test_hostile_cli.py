@@ -140,3 +140,12 @@ def test_ctrl_c_in_explain_and_steer(tiny_ckpt, capsys, ctrl_c_after_first_block
     out = json.loads(capsys.readouterr().out)
     assert out["stop_reason"] == "cancelled" and len(out["unsteered_token_ids"]) == 64
     assert out["steered_token_ids"] == []
+
+
+def test_debug_is_accepted_after_nested_subcommands():
+    from steerling_lite.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["concepts", "search", "cat", "--debug"]).debug is True
+    assert parser.parse_args(["--debug", "info"]).debug is True
+    assert parser.parse_args(["info"]).debug is False

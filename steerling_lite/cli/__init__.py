@@ -29,9 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     # each a register(subparsers) function.
     for ep in entry_points(group="steerling_lite.commands"):
         ep.load()(sub)
-    for sp in sub.choices.values():  # --debug after the subcommand too
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    _add_debug(parser)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after every (sub)subcommand too, e.g. ``concepts search QUERY --debug``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _add_debug(sp)
 
 
 def main(argv: list[str] | None = None) -> int:
