@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .config import QuantConfig
+from .jsonio import loads_limited, read_json
 
 QUANTIZE_CONFIG = "quantize_config.json"
 FORMAT = "quant.plain-tensors"
@@ -108,11 +109,7 @@ def read_quantize_config(model_dir: str | Path) -> PrequantInfo | None:
     path = Path(model_dir) / QUANTIZE_CONFIG
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
-    return parse_info(data, str(path))
+    return parse_info(read_json(path, max_bytes=2**20), str(path))
 
 
 def check_file_settings(info: PrequantInfo, metadata: dict[str, str] | None, source: str) -> None:
@@ -126,8 +123,8 @@ def check_file_settings(info: PrequantInfo, metadata: dict[str, str] | None, sou
         raise ValueError(f"{source}: no quantization settings in the file's metadata; it is not part of this "
                          f"pre-quantized checkpoint ({info.config.method})")
     try:
-        theirs = json.loads(raw)
-    except json.JSONDecodeError:
+        theirs = loads_limited(raw, source)
+    except ValueError:
         raise ValueError(f"{source}: unreadable quantization settings in the file's metadata") from None
     if theirs != json.loads(json.dumps(info.settings())):
         what = theirs.get("quantization", {}).get("method") if isinstance(theirs, dict) else None

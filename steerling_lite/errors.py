@@ -7,6 +7,11 @@ class SteerlingError(Exception):
     """Base class of every error this package raises for bad input."""
 
 
+class InputError(SteerlingError, ValueError):
+    """A file or value the user named on the command line (or in the app) that cannot be used:
+    missing, a directory, not UTF-8, unwritable."""
+
+
 class ConfigError(SteerlingError, ValueError):
     """A checkpoint's config.json is missing, unreadable or inconsistent."""
 

@@ -74,8 +74,9 @@ class SteerlingApp(App):
     def on_mount(self) -> None:
         try:
             self.conversation.store = Store(self.store_path)
-        except StoreError as exc:
-            self.notify(f"{exc}; sessions will not be saved", severity="error", timeout=10)
+        except (StoreError, OSError) as exc:  # a data dir that is a file, under a read-only parent, ...
+            reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.notify(f"{reason}; sessions will not be saved", severity="error", timeout=10)
         self.chat = ChatScreen(self.conversation, self.status_source)
         self.push_screen(self.chat)
         self.open_model(self.initial_model, autoload=bool(self.initial_model))

@@ -14,7 +14,9 @@ from quant.config import FLOAT_DTYPES
 from ..loading.checkpoint import Progress
 from ..loading.hub import resolve_model_dir
 from ..loading.quantized import QUANT_MODES, quant_config
+from ..errors import InputError
 from ..runtime import Steerling
+from .argtypes import device_arg, directory_arg, float_arg
 
 
 def size_arg(text: str) -> int:
@@ -30,7 +32,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     memory options ``--quant --max-gpu-memory --max-cpu-memory --offload-dir`` with the
     quantization settings."""
     p.add_argument("--model", metavar="DIR", help="checkpoint directory (default: the embedded default model)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto (CUDA if available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", *FLOAT_DTYPES],
                    help="precision of the unquantized weights; auto: bf16 on CUDA or when quantizing, "
                         "fp32 on CPU when it fits in RAM, else bf16")
@@ -43,14 +45,14 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="GPU memory to use at most, e.g. 6GiB (default: what is free); the rest is offloaded")
     g.add_argument("--max-cpu-memory", type=size_arg, metavar="SIZE",
                    help="RAM to use at most, e.g. 16GiB (default: what is available minus 1 GiB)")
-    g.add_argument("--offload-dir", metavar="DIR",
+    g.add_argument("--offload-dir", metavar="DIR", type=directory_arg,
                    help="directory for disk offload of layers that fit neither on the GPU nor in RAM")
     add_quant_settings(g)
 
 
 def add_quant_settings(g) -> None:
     """``--int8-threshold --double-quant --compute-dtype``: the settings of a quantization method."""
-    g.add_argument("--int8-threshold", type=float, default=6.0, metavar="T",
+    g.add_argument("--int8-threshold", type=float_arg(0.0), default=6.0, metavar="T",
                    help="int8: LLM.int8() outlier threshold (0 disables the fp16 outlier path; default 6)")
     g.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
                    help="nf4/fp4: quantize the absmax statistics too (default on; saves ~0.37 bit per weight)")
@@ -115,3 +117,25 @@ def load_model(args: argparse.Namespace, quiet: bool = False) -> Steerling:
             file=sys.stderr,
         )
     return lm
+
+
+def read_text_file(path: str, option: str, max_bytes: int = 64 * 2**20) -> str:
+    """The UTF-8 text of ``path`` (given as ``option``), at most ``max_bytes`` (default 64 MiB).
+
+    Raises:
+        InputError: the file is missing, a directory, unreadable, too large or not UTF-8.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise InputError(f"{option} {path}: is a directory; expected a text file")
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"{option} {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputError(f"{option} {path}: larger than {fmt_bytes(max_bytes)}; expected a prompt-sized text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{option} {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None

@@ -9,6 +9,7 @@ from ..errors import ConceptError
 from ..interpret.concept_tokens import concept_top_tokens, concepts_for_token
 from ..interpret.concepts import ConceptCatalog, find_labels_file
 from ..loading.hub import resolve_model_dir
+from .argtypes import non_negative_int, positive_int
 from .common import add_model_args, load_model
 
 
@@ -27,24 +28,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("query", metavar="QUERY")
     s.add_argument("--model", metavar="DIR", help="checkpoint directory (for its labels file and concept counts)")
     _labels_args(s)
-    s.add_argument("--limit", type=int, default=10, help="results (default 10)")
+    s.add_argument("--limit", type=positive_int, default=10, help="results (default 10)")
     s.add_argument("--all", action="store_true", help="include concepts not marked steerable")
     s.add_argument("--head", choices=["known", "discovered", "any"], default="known",
                    help="which concepts (default known: the steerable ones)")
     s.set_defaults(func=run_search)
 
     sh = csub.add_parser("show", help="a concept's label, group and the tokens it promotes")
-    sh.add_argument("concept_id", type=int, metavar="ID")
+    sh.add_argument("concept_id", type=non_negative_int, metavar="ID")
     sh.add_argument("--head", choices=["known", "discovered"], default="known")
     add_model_args(sh)
     _labels_args(sh)
-    sh.add_argument("--tokens", type=int, default=15, help="top promoted tokens to show (default 15)")
+    sh.add_argument("--tokens", type=non_negative_int, default=15, help="top promoted tokens to show (default 15)")
     sh.set_defaults(func=run_show)
 
     t = csub.add_parser("token", help="concepts most aligned with one token")
     t.add_argument("token", metavar="TOKEN", help="a token's text (one token) or its id")
     t.add_argument("--head", choices=["known", "discovered"], default="known")
-    t.add_argument("-k", type=int, default=10, help="concepts to show (default 10)")
+    t.add_argument("-k", type=positive_int, default=10, help="concepts to show (default 10)")
     add_model_args(t)
     _labels_args(t)
     t.set_defaults(func=run_token)

@@ -9,8 +9,10 @@ import sys
 from ..interpret.attribution import explain_stream
 from ..interpret.concepts import ConceptCatalog
 from ..errors import GenerationError
+from .argtypes import non_negative_int, positive_int
 from .common import load_model
-from .generate import add_generation_args, generation_config, prompt_ids, prompt_text
+from .generate import add_generation_args, exit_code, generation_config, prompt_ids, prompt_text
+from .interrupt import interruptible
 from .steering_args import plan_from_args
 from .index import add_retrieve_args, neighbours, print_neighbours
 
@@ -22,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--labels", metavar="FILE",
                    help="concept labels (concept_labels.parquet/.csv/.json; default: the one in the model directory, "
                         "else $STEERLING_CONCEPTS_PATH, else 'known #id' labels)")
-    g.add_argument("--top", type=int, default=5, help="concepts shown per head and chunk / token (default 5)")
-    g.add_argument("--inputs", type=int, default=0, metavar="N",
+    g.add_argument("--top", type=positive_int, default=5, help="concepts shown per head and chunk / token (default 5)")
+    g.add_argument("--inputs", type=non_negative_int, default=0, metavar="N",
                    help="also show the N prompt tokens that most caused each chunk (integrated gradients; slower)")
-    g.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps for --inputs (default 32)")
+    g.add_argument("--ig-steps", type=positive_int, default=32, help="integrated-gradients steps for --inputs (default 32)")
     g.add_argument("--json", action="store_true", help="print per-token records (and chunks) as one JSON object")
     g.add_argument("--csv", metavar="FILE", help="also write the per-token decomposition as CSV to FILE")
     add_retrieve_args(p.add_argument_group("training-data retrieval"))
@@ -43,8 +45,10 @@ def run(args: argparse.Namespace) -> int:
     lm = load_model(args, quiet=args.json)
     catalog = ConceptCatalog.for_model(lm, args.labels)
     plan = plan_from_args(lm, args)
-    stream = explain_stream(lm, prompt_ids(lm, args, text), generation_config(args), plan, catalog=catalog)
-    attribution = stream.run()
+    with interruptible() as stop:
+        stream = stop.watch(explain_stream(lm, prompt_ids(lm, args, text), generation_config(args), plan,
+                                           catalog=catalog))
+        attribution = stream.run()
     result = attribution.result
     assert result is not None
     check = attribution.verify()
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         attribution.to_csv(args.csv)
     if args.json:
         out = attribution.to_dict(top=args.top)
+        out["stop_reason"] = result.stop_reason
         if inputs is not None:
             out["input_attribution"] = inputs.to_dict(top=args.inputs)
             for c, cd in zip(chunks, out["chunks"]):
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         if found is not None:
             out["retrieval"] = [f.to_dict() for f in found]
         print(json.dumps(out, allow_nan=False))
-        return 0
+        return exit_code(result.stop_reason) or (0 if check.passed else 1)
     for i, c in enumerate(chunks, 1):
         print(f"[chunk {i}] tokens {c.start - attribution.prompt_len}..{c.end - attribution.prompt_len - 1}"
               f" ({c.n_tokens} committed)")
@@ -92,4 +97,6 @@ def run(args: argparse.Namespace) -> int:
         f"{'pass' if check.passed else 'FAIL'} (max |parts - logit| {check.max_abs_error:.2e})",
         file=sys.stderr,
     )
-    return 0 if check.passed else 1
+    if result.stop_reason == "cancelled":
+        print(f"cancelled (Ctrl-C) after {result.committed_tokens} tokens; shown: what was committed", file=sys.stderr)
+    return exit_code(result.stop_reason) or (0 if check.passed else 1)

@@ -12,7 +12,9 @@ from ..generation.generate import GenerationConfig
 from ..generation.prompt import build_prompt
 from ..loading.config import load_config
 from ..loading.tokenizer import ChatMessage
-from .common import add_model_args, load_model, model_dir
+from .argtypes import float_arg, positive_int, seed_arg
+from .common import add_model_args, load_model, model_dir, read_text_file
+from .interrupt import EXIT_INTERRUPTED, interruptible
 from .steering_args import add_steering_args, plan_from_args
 
 
@@ -43,17 +45,17 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", "-n", type=int, default=128,
+    g.add_argument("--max-new-tokens", "-n", type=positive_int, default=128,
                    help="tokens to generate, a multiple of the model's diffusion block (64 for Steerling-8B); default 128")
-    g.add_argument("--steps", type=int, help="denoising steps (default: one per token); fewer is faster")
-    g.add_argument("--temperature", type=float,
+    g.add_argument("--steps", type=positive_int, help="denoising steps (default: one per token); fewer is faster")
+    g.add_argument("--temperature", type=float_arg(0.0),
                    help="0 = greedy (argmax); a value > 0 samples softmax(logits/T) with top-p. "
                         "Default: the reference's entropy-adaptive temperature")
-    g.add_argument("--top-p", type=float, default=0.8, help="nucleus mass (default 0.8)")
-    g.add_argument("--repetition-penalty", type=float, default=1.1, help="default 1.1; 1 disables")
-    g.add_argument("--seed", type=int, help="random seed (default: random, printed to stderr)")
-    g.add_argument("--cfg-scale", type=float, default=0.0, help="classifier-free guidance scale (default 0: off)")
-    g.add_argument("--parallel-threshold", type=float, metavar="P",
+    g.add_argument("--top-p", type=float_arg(0.0, 1.0, lo_open=True), default=0.8, help="nucleus mass (default 0.8)")
+    g.add_argument("--repetition-penalty", type=float_arg(0.0, lo_open=True), default=1.1, help="default 1.1; 1 disables")
+    g.add_argument("--seed", type=seed_arg, help="random seed (default: random, printed to stderr)")
+    g.add_argument("--cfg-scale", type=float_arg(0.0), default=0.0, help="classifier-free guidance scale (default 0: off)")
+    g.add_argument("--parallel-threshold", type=float_arg(0.0, 1.0), metavar="P",
                    help="parallel decoding: each step also commits every masked token with confidence >= P "
                         "(Fast-dLLM; e.g. 0.9). Off by default, so outputs match the reference")
 
@@ -63,10 +65,10 @@ def prompt_text(args: argparse.Namespace) -> str:
 
     Raises:
         GenerationError: the prompt is empty (or white space only).
+        InputError: ``--prompt-file`` is missing, a directory, unreadable or not UTF-8.
     """
     if args.prompt_file:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text_file(args.prompt_file, "--prompt-file")
     elif args.prompt == "-":
         text = sys.stdin.read()
     else:
@@ -102,19 +104,24 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     # fail fast, before loading weights: settings and prompt need only config.json
     config = generation_config(args)
-    config.validate(load_config(model_dir(args)).diff_block_size)
+    model_config = load_config(model_dir(args))
+    config.validate(model_config.diff_block_size)
+    if args.chat and not model_config.instruct:
+        raise GenerationError("--chat needs an instruct model; this one is a base model (config.json vocab_size "
+                              f"{model_config.vocab_size} has no chat tokens): drop --chat")
     text = prompt_text(args)
     lm = load_model(args, quiet=args.json)
     ids = prompt_ids(lm, args, text)
     plan = plan_from_args(lm, args)
-    gen = lm.stream(ids, config, plan)
     printed = ""
-    for event in gen:
-        if not args.json and lm.config.mask_token_id not in event.block_tokens:  # a block is complete
-            text = lm.tokenizer.decode(gen.generated_ids(event.block_start + len(event.block_tokens)))
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
+    with interruptible() as stop:
+        gen = stop.watch(lm.stream(ids, config, plan))
+        for event in gen:
+            if not args.json and lm.config.mask_token_id not in event.block_tokens:  # a block is complete
+                text = lm.tokenizer.decode(gen.generated_ids(event.block_start + len(event.block_tokens)))
+                sys.stdout.write(text[len(printed):])
+                sys.stdout.flush()
+                printed = text
     result = gen.result
     assert result is not None
     total = time.perf_counter() - t_start
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 "total_s": round(total, 4), "tokens_per_s": round(result.tokens_per_s, 2),
             },
         }))
-        return 0
+        return exit_code(result.stop_reason)
     rest = result.text[len(printed):] if result.text.startswith(printed) else ""
     sys.stdout.write(rest + "\n")
     sys.stdout.flush()
@@ -141,4 +148,12 @@ def run(args: argparse.Namespace) -> int:
         f"stop: {result.stop_reason}",
         file=sys.stderr,
     )
-    return 0
+    if result.stop_reason == "cancelled":
+        print(f"cancelled (Ctrl-C) after {result.committed_tokens} of {config.max_new_tokens} tokens; "
+              "the text above is what was committed", file=sys.stderr)
+    return exit_code(result.stop_reason)
+
+
+def exit_code(stop_reason: str) -> int:
+    """0, or 130 for a generation cancelled by Ctrl-C."""
+    return EXIT_INTERRUPTED if stop_reason == "cancelled" else 0

@@ -16,6 +16,7 @@ from ..interpret.index_build import (add_to_index, build_index, default_index_pa
                                      is_default_model)
 from ..interpret.representation import DEFAULT_REPRESENTATION, REPRESENTATIONS
 from ..interpret.retrieval import TrainingIndex, index_summary, retrieve
+from .argtypes import non_negative_int, positive_int
 from .common import add_model_args, byte_progress, load_model
 
 
@@ -28,10 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--corpus", nargs="+", required=True, metavar="FILE",
                    help="UTF-8 text files (.gz/.bz2/.xz read as such); each non-blank line is a document")
     b.add_argument("--out", required=True, metavar="INDEX", help="the index directory to create")
-    b.add_argument("--chunk-tokens", type=int, metavar="N", help="most tokens per chunk (default: one diffusion block)")
+    b.add_argument("--chunk-tokens", type=positive_int, metavar="N", help="most tokens per chunk (default: one diffusion block)")
     b.add_argument("--representation", default=DEFAULT_REPRESENTATION, choices=REPRESENTATIONS,
                    help=f"what is embedded (default {DEFAULT_REPRESENTATION}; see BENCHMARKS.md for the recall of each)")
-    b.add_argument("--batch-size", type=int, default=256, metavar="N", help="chunks per forward pass (default 256)")
+    b.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="chunks per forward pass (default 256)")
     b.add_argument("--force", action="store_true", help="replace an index already at --out (once the new one is complete)")
     b.set_defaults(func=run_build)
 
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(a)
     a.add_argument("--index", required=True, metavar="INDEX")
     a.add_argument("--corpus", nargs="+", required=True, metavar="FILE")
-    a.add_argument("--batch-size", type=int, default=256, metavar="N")
+    a.add_argument("--batch-size", type=positive_int, default=256, metavar="N")
     a.set_defaults(func=run_add)
 
     i = isub.add_parser("info", help="what an index holds")
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(s)
     s.add_argument("--index", metavar="INDEX", help="default: the default model's index (built on first use)")
     s.add_argument("--text", required=True)
-    s.add_argument("-k", type=int, default=5, help="neighbours (default 5)")
+    s.add_argument("-k", type=positive_int, default=5, help="neighbours (default 5)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=run_search)
 
@@ -107,7 +108,7 @@ def span_arg(text: str) -> tuple[int, int]:
 
 def add_retrieve_args(g) -> None:
     """``--retrieve K --index INDEX --span I:J`` (explain)."""
-    g.add_argument("--retrieve", type=int, default=0, metavar="K",
+    g.add_argument("--retrieve", type=non_negative_int, default=0, metavar="K",
                    help="also show the K training chunks nearest to each chunk of the output (or to --span)")
     g.add_argument("--index", metavar="INDEX",
                    help="training-data index for --retrieve (default model: its own, built on first use)")

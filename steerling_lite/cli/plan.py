@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import positive_int
 from .common import add_model_args, model_dir, quant_arg, size_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="show where the model's parts would go and the memory each device needs")
     add_model_args(p)
-    p.add_argument("--context", type=int, metavar="TOKENS",
+    p.add_argument("--context", type=positive_int, metavar="TOKENS",
                    help="tokens of context to plan the KV cache for (default: the model's context)")
     p.add_argument("--gpu-total", type=size_arg, metavar="SIZE",
                    help="plan for a simulated GPU of SIZE (e.g. 8GiB) instead of this machine's GPUs; without a GPU "

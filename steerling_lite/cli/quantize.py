@@ -9,6 +9,7 @@ import time
 from quant import fmt_bytes
 from quant.config import FLOAT_DTYPES
 
+from .argtypes import device_arg
 from .common import add_quant_settings, byte_progress, model_dir, quant_arg, size_arg
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dtype of the unquantized tensors (default bf16)")
     p.add_argument("--shard-size", type=size_arg, default=2 * 2**30, metavar="SIZE",
                    help="largest safetensors file (default 2GiB)")
-    p.add_argument("--device", default="auto", help="where to quantize: auto (CUDA if available: much faster), cpu, cuda")
+    p.add_argument("--device", default="auto", type=device_arg, help="where to quantize: auto (CUDA if available: much faster), cpu, cuda")
     p.set_defaults(func=run)
 
 

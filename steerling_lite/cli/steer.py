@@ -13,8 +13,10 @@ import sys
 from dataclasses import replace
 
 from ..errors import GenerationError
+from .argtypes import int_arg
 from .common import load_model
-from .generate import add_generation_args, generation_config, prompt_ids, prompt_text
+from .generate import add_generation_args, exit_code, generation_config, prompt_ids, prompt_text
+from .interrupt import interruptible
 from .steering_args import describe, plan_from_args, steerings_from_args
 
 
@@ -22,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("steer", help="print the unsteered and the steered output side by side")
     add_generation_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with both texts instead")
-    p.add_argument("--width", type=int, help="table width in characters (default: the terminal's)")
+    p.add_argument("--width", type=int_arg(20, 10000), help="table width in characters (default: the terminal's)")
     p.set_defaults(func=run)
 
 
@@ -37,16 +39,19 @@ def run(args: argparse.Namespace) -> int:
     if config.seed is None:  # one seed for both runs
         config = replace(config, seed=random.SystemRandom().randrange(2**31))
     ids = prompt_ids(lm, args, text)
-    plain = lm.generate(ids, config)
-    steered = lm.generate(ids, config, plan)
+    with interruptible() as stop:
+        plain = stop.watch(lm.stream(ids, config)).run()
+        steered = stop.watch(lm.stream(ids, config, plan)).run()
+    stop_reason = "cancelled" if stop.cancelled else steered.stop_reason
     label = describe(specs)
     if args.json:
         print(json.dumps({
             "prompt": text, "seed": config.seed, "steering": plan.describe() if plan is not None else None,
             "unsteered": plain.text, "steered": steered.text,
             "unsteered_token_ids": plain.token_ids, "steered_token_ids": steered.token_ids,
+            "stop_reason": stop_reason,
         }))
-        return 0
+        return exit_code(stop_reason)
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -57,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
     table.add_column(Text(f"steered: {label}"), ratio=1, overflow="fold")
     table.add_row(Text(plain.text), Text(steered.text))  # Text: no markup parsing of generated text
     console.print(table)
-    print(f"{plain.committed_tokens} + {steered.committed_tokens} tokens, seed {config.seed}", file=sys.stderr)
-    return 0
+    print(f"{plain.committed_tokens} + {steered.committed_tokens} tokens, seed {config.seed}"
+          + (", cancelled (Ctrl-C): shown is what was committed" if stop.cancelled else ""), file=sys.stderr)
+    return exit_code(stop_reason)

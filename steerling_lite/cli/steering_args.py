@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import non_negative_int
 from ..generation.steering import AMPLIFY_TARGET, SUPPRESS_ALPHA, Steering, SteeringBuilder, SteeringPlan
 
 
@@ -39,7 +40,7 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
                         f"its sign is ignored) plus a ReLU mask on the tokens it promotes (strength 20); repeatable")
     g.add_argument("--intervene", action="append", default=[], type=_spec("intervene", True), metavar="ID=WEIGHT",
                    help="set a known concept's weight (activation, e.g. 0..1) at the generated positions; repeatable")
-    g.add_argument("--inject-layer", type=int, metavar="N",
+    g.add_argument("--inject-layer", type=non_negative_int, metavar="N",
                    help="inject after transformer layers >= N (default when amplifying: round(n_layers / 4), "
                         "8 for Steerling-8B as in the reference's preset; else n_layers // 2)")
 

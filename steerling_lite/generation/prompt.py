@@ -37,13 +37,17 @@ def build_prompt(
 
     Raises:
         GenerationError: no ``text`` for a completion prompt, or neither ``text`` nor ``messages``.
-        ValueError: the chat template on the base tokenizer, or a bad role (from ``chat_prompt``).
+        GenerationError: the chat template asked for on a base model's tokenizer.
+        ValueError: a bad role (from ``chat_prompt``).
     """
     use_chat = tokenizer.instruct if chat is None else chat
     if not use_chat:
         if text is None:
             raise GenerationError("a completion prompt needs text (turns need the chat template: chat=True)")
         return tokenizer.encode(text)
+    if not tokenizer.instruct:
+        raise GenerationError("the chat template needs an instruct model; this one is a base model "
+                              "(tokenizer vocab without chat tokens): drop --chat / pass chat=False")
     turns = list(messages or [])
     if text is not None:
         turns.append(ChatMessage("user", text))

@@ -18,7 +18,6 @@ metadata when it is read.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections.abc import Callable
@@ -26,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from quant.config import FLOAT_DTYPES
+from quant.jsonio import loads_limited, read_json
 from quant.linear import replace_linears
 from quant.prequant import META_CRC32, META_SETTINGS, QUANTIZE_CONFIG, PrequantInfo, check_file_settings, read_quantize_config
 
 from .config import SteerlingConfig, load_config
+from .safetensors_header import check_header, file_header
 from ..errors import CheckpointError
 from ..model.transformer import SteerlingModel
 
@@ -114,12 +114,15 @@ def weight_files(model_dir: Path) -> list[Path]:
     index = model_dir / INDEX_FILE
     if index.is_file():
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
-            weight_map = data["weight_map"]
+            data = read_json(index)
+            weight_map = data["weight_map"] if isinstance(data, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise TypeError("weight_map must be a non-empty object")
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({exc}); expected {{\"weight_map\": {{tensor: shard}}}}") from exc
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str) or not v), None)
+            if bad is not None:
+                raise TypeError(f"shard of {bad!r} is {weight_map[bad]!r}, not a file name")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({exc}); expected {{\"weight_map\": {{tensor: shard}}}}") from None
         shards: list[Path] = []
         for shard in dict.fromkeys(weight_map.values()):
             p = model_dir / str(shard)
@@ -137,27 +140,8 @@ def weight_files(model_dir: Path) -> list[Path]:
     raise CheckpointError(f"{model_dir}: no weights: expected {SINGLE_FILE} or {INDEX_FILE} with its shards{hint}")
 
 
-def file_header(path: Path) -> tuple[int, dict, dict[str, str]]:
-    """The raw safetensors header of ``path``: ``(data_start, {name: {dtype, shape, data_offsets}},
-    metadata)`` (format: 8-byte little-endian header length, JSON header, then the data).
-
-    Raises:
-        CheckpointError: the header cannot be read.
-    """
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        meta = header.pop("__metadata__", None) or {}
-        if not isinstance(header, dict) or not isinstance(meta, dict):
-            raise ValueError("header is not a JSON object")
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read the safetensors header ({exc}); the file may be corrupt") from exc
-    return 8 + n, header, meta
-
-
 def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
-    """Name -> :class:`TensorInfo` from the files' headers.
+    """Name -> :class:`TensorInfo` from the files' headers (each file's header bytes only).
 
     Raises:
         CheckpointError: a file is not valid safetensors (truncated, corrupt), or two files
@@ -165,26 +149,24 @@ def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
     """
     out: dict[str, TensorInfo] = {}
     for path in files:
+        start, header, meta = file_header(path)
         try:
-            with safe_open(str(path), framework="pt") as f:  # validates the header against the file size
-                names = list(f.keys())
-        except SafetensorError as exc:
+            check_header(header, path.stat().st_size - start)
+        except (OSError, ValueError) as exc:
             raise CheckpointError(
                 f"{path}: not a valid safetensors file ({exc}); it may be truncated or corrupt: copy or download it again"
-            ) from exc
-        start, header, meta = file_header(path)
+            ) from None
         crcs: dict = {}
         if META_CRC32 in meta:
             try:
-                crcs = json.loads(meta[META_CRC32])
-                if not isinstance(crcs, dict) or not all(isinstance(v, int) for v in crcs.values()):
+                crcs = loads_limited(meta[META_CRC32], META_CRC32)
+                if not isinstance(crcs, dict) or not all(type(v) is int for v in crcs.values()):
                     raise ValueError("expected {tensor: CRC-32}")
             except ValueError as exc:
                 raise CheckpointError(f"{path}: unreadable {META_CRC32} metadata ({exc}); the file may be corrupt") from exc
-        for name in names:
+        for name, h in header.items():
             if name in out:
                 raise CheckpointError(f"{path}: tensor {name} is also in {out[name].file.name}")
-            h = header[name]
             begin, end = h["data_offsets"]
             crc = crcs.get(name)
             out[name] = TensorInfo(name, tuple(h["shape"]), h["dtype"], path, (start + begin, start + end),
@@ -274,6 +256,10 @@ def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = FLOAT_
                 check_file_settings(prequant, meta, str(path))
             except ValueError as exc:
                 raise CheckpointError(str(exc)) from None
+            no_crc = next((i.name for i in headers.values() if i.file == path and i.crc32 is None), None)
+            if no_crc is not None:  # files we write always carry CRC-32s: their absence is damage
+                raise CheckpointError(f"{path}: tensor {no_crc} has no CRC-32 in the file's {META_CRC32} metadata; "
+                                      "a pre-quantized file always records them: it was altered, quantize again")
     want = expected_tensors(cfg, prequant)
     tensors: dict[str, TensorInfo] = {}
     missing: list[str] = []

@@ -16,12 +16,16 @@ Defaults for optional fields are the reference's (``steerling==0.2.0``
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from quant.jsonio import read_json
+
 from ..errors import ConfigError
+
+CONFIG_MAX_BYTES = 2**20  # a real config.json is ~ 2 KiB
 
 # Keys Hugging Face adds to config.json that mean nothing to the model.
 HF_KEYS = frozenset({"auto_map", "architectures", "transformers_version", "_name_or_path"})
@@ -275,6 +279,7 @@ def validate_config(cfg: SteerlingConfig, source: str = "config.json") -> None:
     for name in ("n_layers", "n_head", "n_embd", "block_size", "diff_block_size"):
         if getattr(cfg, name) <= 0:
             bad(f"'{name}' must be positive, got {getattr(cfg, name)}")
+    check_bounds(cfg, bad)
     if cfg.n_embd % cfg.n_head:
         bad(f"n_embd ({cfg.n_embd}) must be divisible by n_head ({cfg.n_head})")
     if cfg.kv_heads <= 0 or cfg.n_head % cfg.kv_heads:
@@ -325,6 +330,43 @@ def validate_config(cfg: SteerlingConfig, source: str = "config.json") -> None:
                 bad(f"{name} must be positive or null, got {v}")
 
 
+# Upper bounds far above any real model (Steerling-8B: 32 layers, 4096 wide, context 4096),
+# so that a forged config cannot make `info` / `plan` build billions of layers or tensors
+# with more elements than memory could ever hold.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "n_layers": (1, 1024), "n_head": (1, 1024), "n_kv_heads": (1, 1024), "n_embd": (1, 2**17),
+    "block_size": (1, 2**21), "diff_block_size": (1, 2**16), "mlp_ratio": (1, 64),
+    "intermediate_size": (1, 2**20),
+}
+CONCEPT_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "n_concepts": (1, 2**24), "n_unknown_concepts": (1, 2**24), "factorize_rank": (1, 2**17),
+    "block_size": (1, 2**24), "pad_multiple": (1, 2**16), "inject_layer": (0, 1023), "max_concepts": (1, 2**24),
+    "topk_known": (1, 2**24), "topk_known_features": (1, 2**24), "unknown_topk": (1, 2**24),
+}
+
+
+def check_bounds(cfg: SteerlingConfig, bad) -> None:
+    """Integers within :data:`INT_BOUNDS` / :data:`CONCEPT_INT_BOUNDS`; floats finite,
+    ``norm_eps`` and ``rope_base`` positive, ``clip_qkv`` positive or null. ``bad(msg)`` raises."""
+    def ints(obj, bounds, prefix=""):
+        for name, (lo, hi) in bounds.items():
+            v = getattr(obj, name)
+            if v is not None and not lo <= v <= hi:
+                bad(f"'{prefix}{name}' is {v}; expected an integer from {lo} to {hi}")
+
+    ints(cfg, INT_BOUNDS)
+    for name, positive in (("norm_eps", True), ("rope_base", True), ("clip_qkv", True)):
+        v = getattr(cfg, name)
+        if v is not None and (not math.isfinite(v) or (positive and v <= 0)):
+            bad(f"'{name}' is {v}; expected a finite number > 0" + (" or null" if name == "clip_qkv" else ""))
+    if cfg.diff_block_size > cfg.block_size:
+        bad(f"'diff_block_size' {cfg.diff_block_size} is larger than the context 'block_size' {cfg.block_size}")
+    if cfg.concept is not None:
+        ints(cfg.concept, CONCEPT_INT_BOUNDS, "concept." if cfg.schema == "native" else "")
+        if not math.isfinite(cfg.concept.inject_alpha):
+            bad(f"'inject_alpha' is {cfg.concept.inject_alpha}; expected a finite number")
+
+
 def to_flat_dict(cfg: SteerlingConfig) -> dict[str, Any]:
     """config.json in the published flat schema (``model_type: steerling``)."""
     out: dict[str, Any] = {"model_type": "steerling", "architectures": ["SteerlingForCausalLM"]}
@@ -367,9 +409,9 @@ def load_config(model_dir: str | Path) -> SteerlingConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: missing; a Steerling checkpoint directory holds config.json and safetensors weights")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+        data = read_json(path, max_bytes=CONFIG_MAX_BYTES)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_config(data, source=str(path))
 
 

@@ -29,6 +29,8 @@ import re
 import shutil
 import time
 from dataclasses import dataclass
+
+from quant.jsonio import read_json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -168,8 +170,8 @@ def missing_weights(path: Path) -> str | None:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
             return index.name + " (unreadable)"
         return next((s for s in shards if not (path / s).is_file()), None)
     return None if (path / "model.safetensors").is_file() else "model.safetensors"
@@ -235,8 +237,8 @@ def read_registry() -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = read_json(path)
+    except ValueError as exc:
         raise ConfigError(f"{path}: unreadable model registry ({exc}); delete it and pull again") from None
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict) or not all(isinstance(v, dict) and "path" in v for v in models.values()):
