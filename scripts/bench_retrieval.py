@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training-data retrieval figures: recall per representation, build throughput, size, query latency.
 
-Three parts (``--parts``, default all):
+Four parts (``--parts``, default all):
 
 - ``recall``: every chunk of the corpus (default: the default model's shipped WordNet
   training corpus, one diffusion block per chunk at most) is embedded once; ``--queries``
@@ -14,6 +14,10 @@ Three parts (``--parts``, default all):
   (L2-normalized) and whitened as the index whitens.
 - ``build``: ``build_index`` over the first ``--build-lines`` lines of the corpus: chunks/s,
   and the bytes of the index per chunk, scaled to a million chunks.
+- ``default``: the default model's own index, built as on first use (the whole shipped corpus,
+  into a temporary data directory): wall time and chunks/s; then HNSW built over the same
+  (whitened) vectors and ``--queries`` corrupted chunks looked up in both: recall@10 of each,
+  what an index past the exact-search limit keeps.
 - ``latency``: synthetic Gaussian vectors of the default model's width (128) and of
   Steerling-8B's (4096), 10^4, 10^5 and 10^6 of them (4096-d: up to 10^5, 10^6 would need
   16 GB): one query at a time, median over ``--latency-queries`` queries, exact
@@ -143,7 +147,8 @@ def run_build(lm, corpus: Path, args) -> dict:
         secs = time.perf_counter() - t0
         files = {p.name: p.stat().st_size for p in (tmp / "index").iterdir()}
         n = report.n_chunks
-        return {"lines": args.build_lines, "chunks": n, "seconds": secs, "chunks_per_s": n / secs,
+        dim = store.read_manifest(tmp / "index")["dim"]
+        return {"lines": args.build_lines, "chunks": n, "seconds": secs, "chunks_per_s": n / secs, "dim": dim,
                 "bytes": files, "mb_per_million": {k: v / n * 1e6 / 2**20 for k, v in files.items()}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,42 +162,87 @@ def _text_lines(path: Path):
             yield raw.decode("utf-8")
 
 
+# ---- the default model's index --------------------------------------------------------------------
+def run_default(lm, corpus: Path, args) -> dict:
+    import os
+
+    from steerling_lite.interpret.index_build import ensure_default_index
+
+    home = Path(tempfile.mkdtemp(prefix="bench-retrieval-home-"))
+    os.environ["STEERLING_LITE_HOME"] = str(home)
+    try:
+        t0 = time.perf_counter()
+        path = ensure_default_index(lm)
+        secs = time.perf_counter() - t0
+        files = {p.name: p.stat().st_size for p in path.iterdir()}
+        index = store.read_vectors(path)
+        n = int(index.ntotal)
+        res: dict = {"chunks": n, "seconds": secs, "chunks_per_s": n / secs, "bytes": files}
+        print(f"default index: {n} chunks in {secs:.0f} s", file=sys.stderr)
+        flat = store.faiss().downcast_index(index.index)
+        whitened = flat.reconstruct_n(0, n)
+        t0 = time.perf_counter()
+        hnsw = store._hnsw(whitened.shape[1])
+        hnsw.add(whitened)
+        res["hnsw_build_s"] = time.perf_counter() - t0
+        chunks = [c.token_ids for c in iter_chunks(corpus, lm.tokenizer, lm.config.diff_block_size)]
+        rng = np.random.default_rng(args.seed)
+        targets = rng.choice([i for i, c in enumerate(chunks) if len(c) >= 2], args.queries, replace=False)
+        by_tokens: dict[tuple[int, ...], set[int]] = {}
+        for i, c in enumerate(chunks):
+            by_tokens.setdefault(c, set()).add(i)
+        same = [by_tokens[chunks[t]] for t in targets]
+        for mode in ("masked", "replaced"):
+            q = embed_all(lm, corrupt(chunks, targets, args.corrupt, mode, lm.tokenizer.mask_token_id, rng))[CHOSEN]
+            qw = q
+            for i in range(index.chain.size()):  # whitened and normalized, as the index does
+                qw = index.chain.at(i).apply(qw)
+            for name, searcher in (("exact", flat), ("hnsw", hnsw)):
+                _, found = searcher.search(qw, 10)
+                hits = np.array([[int(c) in same[i] for c in row] for i, row in enumerate(found)])
+                res[f"{mode}_{name}"] = {"r@1": float(hits[:, 0].mean()), "r@10": float(hits.any(1).mean())}
+        return res
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 # ---- latency --------------------------------------------------------------------------------------
 def run_latency(args) -> list[dict]:
     f = store.faiss()
     rows = []
     rng = np.random.default_rng(0)
-    for d, sizes in ((128, (10**4, 10**5, 10**6)), (4096, (10**4, 10**5))):
-        for n in sizes:
-            x = rng.standard_normal((n, d), dtype=np.float32)
-            q = rng.standard_normal((args.latency_queries, d), dtype=np.float32)
-            row: dict = {"dim": d, "n": n}
-            exact_ids = None
-            for kind in ("flat", "hnsw"):
-                t0 = time.perf_counter()
-                index = store.new_index(x[: min(n, 100_000)], n, exact=kind == "flat")
-                index.add(x)
-                build = time.perf_counter() - t0
-                times = []
-                ids = []
-                for i in range(len(q)):
-                    t0 = time.perf_counter()
-                    _, found = index.search(q[i:i + 1], 10)
-                    times.append(time.perf_counter() - t0)
-                    ids.append(found[0])
-                with tempfile.TemporaryDirectory() as tmp:
-                    f.write_index(index, f"{tmp}/v.faiss")
-                    size = Path(f"{tmp}/v.faiss").stat().st_size
-                row[kind] = {"build_s": build, "query_ms": 1000 * float(np.median(times)), "bytes": size,
-                             "mb_per_million": size / n * 1e6 / 2**20}
-                if kind == "flat":
-                    exact_ids = ids
-                else:
-                    row[kind]["recall@10_vs_exact"] = float(np.mean(
-                        [len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)]))
-                print(f"  latency d={d} n={n} {kind}: {row[kind]}", file=sys.stderr)
-                del index
-            rows.append(row)
+    for spec in args.latency_sizes:
+        d, n = (int(float(x)) for x in spec.split(":"))
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        q = rng.standard_normal((args.latency_queries, d), dtype=np.float32)
+        row: dict = {"dim": d, "n": n}
+        exact_ids = None
+        for kind in ("flat", "hnsw"):
+            t0 = time.perf_counter()
+            index = store.new_index(x[: min(n, 100_000)], n, exact=kind == "flat")
+            index.add(x)
+            build = time.perf_counter() - t0
+            times, cpu, ids = [], [], []
+            for i in range(len(q)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                _, found = index.search(q[i:i + 1], 10)
+                times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+                ids.append(found[0])
+            with tempfile.TemporaryDirectory() as tmp:
+                f.write_index(index, f"{tmp}/v.faiss")
+                size = Path(f"{tmp}/v.faiss").stat().st_size
+            row[kind] = {"build_s": build, "query_ms": 1000 * float(np.median(times)),
+                         "query_cpu_ms": 1000 * float(np.median(cpu)), "bytes": size,
+                         "mb_per_million": size / n * 1e6 / 2**20}
+            if kind == "flat":
+                exact_ids = ids
+            else:
+                row[kind]["recall@10_vs_exact"] = float(np.mean(
+                    [len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_ids)]))
+            print(f"  latency d={d} n={n} {kind}: {row[kind]}", file=sys.stderr)
+            del index
+        rows.append(row)
     return rows
 
 
@@ -223,6 +273,17 @@ def markdown(res: dict) -> str:
                 c = {x["mode"]: x for x in r["shrink"] if x["shrink"] == s}
                 out.append(f"| {s} | {c['masked']['r@1']:.3f} / {c['masked']['r@10']:.3f} | "
                            f"{c['replaced']['r@1']:.3f} / {c['replaced']['r@10']:.3f} |")
+    dflt = res.get("default")
+    if dflt:
+        out += ["", "### The default model's index, built on first use", "",
+                f"The whole shipped corpus: {dflt['chunks']:,} chunks in {dflt['seconds']:.0f} s, "
+                f"**{dflt['chunks_per_s']:.0f} chunks/s**; {dflt['bytes'].get('vectors.faiss', 0) / 2**20:.0f} MiB of "
+                f"vectors (exact search), {dflt['bytes'].get('chunks.sqlite', 0) / 2**20:.0f} MiB of chunks. The same "
+                f"vectors in HNSW (built in {dflt['hnsw_build_s']:.0f} s), the corrupted-copy queries above, r@1 / r@10:",
+                "", "| search | masked | replaced |", "|---|---|---|"]
+        for name in ("exact", "hnsw"):
+            m, r = dflt[f"masked_{name}"], dflt[f"replaced_{name}"]
+            out.append(f"| {name} | {m['r@1']:.3f} / {m['r@10']:.3f} | {r['r@1']:.3f} / {r['r@10']:.3f} |")
     b = res.get("build")
     if b:
         mb = b["mb_per_million"]
@@ -230,17 +291,19 @@ def markdown(res: dict) -> str:
                 f"`build_index` over the first {b['lines']:,} lines of the corpus: {b['chunks']:,} chunks in "
                 f"{b['seconds']:.1f} s, **{b['chunks_per_s']:.0f} chunks/s** (chunking, embedding, SQLite, FAISS). "
                 f"Size per million chunks: {mb.get('vectors.faiss', 0):,.0f} MiB of vectors "
-                f"(flat, 128-dim fp32), {mb.get('chunks.sqlite', 0):,.0f} MiB of chunk text and provenance."]
+                f"(exact, {b.get('dim', '?')}-dim fp32), {mb.get('chunks.sqlite', 0):,.0f} MiB of chunk text and provenance."]
     lat = res.get("latency")
     if lat:
-        out += ["", "### Query latency (synthetic vectors, one query at a time, k = 10)", "",
-                "| dim | chunks | exact: ms / query | exact: MiB | HNSW: ms / query | HNSW recall@10 vs exact | "
+        out += ["", "### Query latency (synthetic vectors, one query at a time, k = 10, one thread)", "",
+                "Median milliseconds per query, wall clock / CPU time of the process (the CPU time is the "
+                "less disturbed by other jobs); sizes of the written index.", "",
+                "| dim | chunks | exact: ms | exact: MiB | HNSW: ms | HNSW recall@10 vs exact | "
                 "HNSW: build s | HNSW: MiB |", "|---|---|---|---|---|---|---|---|"]
         for x in lat:
             fl, hn = x["flat"], x["hnsw"]
-            out.append(f"| {x['dim']} | {x['n']:,} | {fl['query_ms']:.2f} | {fl['bytes'] / 2**20:,.0f} | "
-                       f"{hn['query_ms']:.2f} | {hn['recall@10_vs_exact']:.3f} | {hn['build_s']:.1f} | "
-                       f"{hn['bytes'] / 2**20:,.0f} |")
+            out.append(f"| {x['dim']} | {x['n']:,} | {fl['query_ms']:.2f} / {fl.get('query_cpu_ms', float('nan')):.2f} "
+                       f"| {fl['bytes'] / 2**20:,.0f} | {hn['query_ms']:.2f} / {hn.get('query_cpu_ms', float('nan')):.2f} "
+                       f"| {hn['recall@10_vs_exact']:.3f} | {hn['build_s']:.1f} | {hn['bytes'] / 2**20:,.0f} |")
     return "\n".join(out)
 
 
@@ -248,13 +311,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=shipped_model_dir())
     p.add_argument("--corpus", type=Path, default=default_corpus_path())
-    p.add_argument("--parts", nargs="+", default=["recall", "build", "latency"], choices=["recall", "build", "latency"])
+    p.add_argument("--parts", nargs="+", default=["recall", "build", "default", "latency"],
+                   choices=["recall", "build", "default", "latency"])
     p.add_argument("--limit", type=int, default=0, help="recall: only the first N chunks (default all)")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--corrupt", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--build-lines", type=int, default=10000)
     p.add_argument("--latency-queries", type=int, default=200)
+    p.add_argument("--latency-sizes", nargs="+", metavar="DIM:N",
+                   default=["128:1e4", "128:1e5", "128:1e6", "4096:1e4", "4096:1e5"],
+                   help="synthetic index shapes for the latency part (default: the default model's width and "
+                        "Steerling-8B's, 10^4..10^6 chunks)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--out", type=Path, default=ROOT / "checkpoints" / "bench" / "retrieval.json")
     p.add_argument("--from-json", type=Path, help="re-render an earlier run's --out file")
@@ -269,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         res.update(machine=machine(), date=time.strftime("%Y-%m-%d"))
         lm = Steerling.load(args.model, device="cpu", dtype="fp32", quant="none")
         for part in args.parts:
-            res[part] = {"recall": run_recall, "build": run_build}[part](lm, args.corpus, args) \
+            res[part] = {"recall": run_recall, "build": run_build, "default": run_default}[part](lm, args.corpus, args) \
                 if part != "latency" else run_latency(args)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(res, indent=2))
