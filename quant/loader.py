@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from .config import QuantConfig
 from .linear import quantize_weight
-from .offload import DiskOffload
+from .offload import DiskOffload, TensorRef
 
 
 def set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -102,17 +102,17 @@ class StreamingLoader:
         else:
             self.add(name, tensor)
 
-    def add_reference(self, name: str, file: str, tensor_name: str, nbytes: int, dtype: torch.dtype) -> bool:
-        """Serve a ``disk`` tensor straight from its safetensors file instead of copying it,
-        when it is stored there exactly as needed. Returns whether it did (else call
-        :meth:`add` / :meth:`add_stored` with the tensor)."""
+    def add_reference(self, name: str, ref: TensorRef) -> bool:
+        """Serve a ``disk`` tensor straight from its file (read by byte range at each use, cast
+        to ``ref.dtype``) instead of copying it. Returns whether it did (else call :meth:`add` /
+        :meth:`add_stored` with the tensor)."""
         if device_for(name, self.device_map) != "disk" or self.offload is None:
             return False
-        self.offload.add_reference(name, file, tensor_name, dtype, nbytes)
+        self.offload.add_reference(name, ref)
         module_name, _, attr = name.rpartition(".")
         meta = self.model.get_submodule(module_name)._parameters[attr]
-        set_tensor(self.model, name, torch.empty(meta.shape, dtype=dtype, device="meta"))
-        self.stored_bytes["disk"] = self.stored_bytes.get("disk", 0) + nbytes
+        set_tensor(self.model, name, torch.empty(meta.shape, dtype=ref.dtype, device="meta"))
+        self.stored_bytes["disk"] = self.stored_bytes.get("disk", 0) + ref.end - ref.begin
         return True
 
     def missing(self) -> list[str]:

@@ -7,6 +7,7 @@ Sizes are bytes everywhere. This is the one home of sizes as users write and rea
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -39,7 +40,10 @@ def parse_size(text: str | int) -> int:
     m = _SIZE.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise ValueError(f"size {text!r}: expected a number of bytes or e.g. 6GiB, 500MiB, 8GB")
-    return int(float(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()])
+    value = float(m.group(1)) * _UNIT_BYTES[(m.group(2) or "b").lower()]
+    if not math.isfinite(value):  # 400 digits: an int() of it would be an OverflowError
+        raise ValueError(f"size {text!r}: too large")
+    return int(value)
 
 
 def fmt_bytes(n: float) -> str:

@@ -64,7 +64,7 @@ __all__ += [  # training-data retrieval (issue 11)
 ]
 
 # what the app needs besides the above (issue 10)
-from .errors import require_interpretable  # noqa: E402
+from .errors import require_interpretable, run_guarded  # noqa: E402
 from .generation.steering import AMPLIFY_TARGET  # noqa: E402
 
-__all__ += ["require_interpretable", "AMPLIFY_TARGET"]
+__all__ += ["require_interpretable", "AMPLIFY_TARGET", "run_guarded"]

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from quant.stale import OWNER_FILE, claim, remove_stale
+
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a synced temporary file and a rename.
@@ -42,17 +44,26 @@ def _write_text(path: Path, text: str) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        raise
+        raise _naming(exc, path)
     return path
 
 
+def _naming(exc: BaseException, path: Path) -> BaseException:
+    """``exc``, or for an operating-system error that names no file (a write on a full disk) the
+    same error naming ``path``, so that the one-line message says where."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.strerror:
+        named = OSError(exc.errno, exc.strerror, str(path))
+        named.__cause__ = exc
+        return named
+    return exc
+
+
 PARTIAL_SUFFIX = ".partial"
-OWNER_FILE = ".owner-pid"
 
 
 class Terminated(BaseException):
@@ -80,27 +91,8 @@ def cleanup_on_sigterm() -> Iterator[None]:
 
 def remove_stale_partials(out_dir: Path) -> list[Path]:
     """Remove the ``.NAME.*.partial`` directories beside ``out_dir`` whose writer process is gone
-    (left by a SIGKILL or a power cut); returns those removed."""
-    removed = []
-    for tmp in out_dir.parent.glob(f".{out_dir.name}.*{PARTIAL_SUFFIX}"):
-        try:
-            pid = int((tmp / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # not ours, or being created right now
-        if pid != os.getpid() and not _alive(pid):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    (left by a SIGKILL or a power cut); returns those removed (:func:`quant.stale.remove_stale`)."""
+    return remove_stale(out_dir.parent, f".{out_dir.name}.*{PARTIAL_SUFFIX}")
 
 
 @contextmanager
@@ -122,7 +114,7 @@ def atomic_directory(out_dir: str | Path, replace: bool = False) -> Iterator[Pat
     with cleanup_on_sigterm():
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=PARTIAL_SUFFIX, dir=out_dir.parent))
         try:
-            (tmp / OWNER_FILE).write_text(str(os.getpid()))
+            claim(tmp)
             yield tmp
             (tmp / OWNER_FILE).unlink()
             umask = _umask()
@@ -135,9 +127,9 @@ def atomic_directory(out_dir: str | Path, replace: bool = False) -> Iterator[Pat
                     raise FileExistsError(f"{out_dir}: already exists; choose a new directory")
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise _naming(exc, out_dir)
 
 
 def _umask() -> int:

@@ -36,6 +36,15 @@ from steerling_lite.generation.generate import Generation
     (["index", "search", "--text", "x", "-k", "0"], "-k"),
     (["generate", "--prompt", "x", "--offload-dir", __file__], "--offload-dir"),
     (["plan", "--offload-dir", __file__ + "/sub"], "--offload-dir"),
+    (["steer", "--prompt", "x", "--amplify", "3=nan"], "--amplify"),
+    (["generate", "--prompt", "x", "--suppress", "3=inf"], "--suppress"),
+    (["serve", "--port", "70000"], "--port"),
+    (["serve", "--port", "-1"], "--port"),
+    (["serve", "--api-key", ""], "--api-key"),
+    (["serve", "--api-key", "two words"], "--api-key"),
+    (["serve", "--max-queue", "-1"], "--max-queue"),
+    (["serve", "--default-max-tokens", "0"], "--default-max-tokens"),
+    (["serve", "--max-tokens-limit", "0"], "--max-tokens-limit"),
 ])
 def test_bad_argument_values_are_usage_errors(argv, option, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -59,6 +68,18 @@ def test_prompt_file_missing_directory_or_not_utf8(tiny_ckpt, tmp_path, capsys):
                         (bad, "not UTF-8")]:
         err = _one_line_error(capsys, ["generate", "--model", str(tiny_ckpt), "--prompt-file", str(path)])
         assert "--prompt-file" in err and match in err
+
+
+def test_serve_startup_errors_are_one_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """serve: a missing model, a host that is no name, a bad key in the environment: one line,
+    exit 2, before anything is loaded or served (a taken port: tests/test_serve_errors.py)."""
+    err = _one_line_error(capsys, ["serve", "--model", str(tmp_path / "missing"), "--port", "0"])
+    assert "missing: no such model directory" in err
+    err = _one_line_error(capsys, ["serve", "--model", str(tiny_ckpt), "--port", "0", "--host", "a" * 100])
+    assert "--host " in err and "expected a host name or address" in err
+    monkeypatch.setenv("STEERLING_LITE_API_KEY", "two words")
+    err = _one_line_error(capsys, ["serve", "--model", str(tiny_ckpt), "--port", "0"])
+    assert "$STEERLING_LITE_API_KEY: expected a non-empty key" in err
 
 
 def test_chat_on_a_base_model(tiny_ckpt, capsys):

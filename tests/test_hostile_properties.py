@@ -12,7 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steerling_lite.cli.argtypes import device_arg, float_arg, int_arg, seed_arg
+from steerling_lite.cli.argtypes import device_arg, directory_arg, float_arg, int_arg, seed_arg
+from steerling_lite.cli.common import size_arg
+from steerling_lite.cli.index import span_arg
+from steerling_lite.cli.serve import api_key_arg
+from steerling_lite.cli.steering_args import _spec as steering_spec
 from steerling_lite.errors import CheckpointError, ConfigError
 from steerling_lite.loading.checkpoint import weight_files
 from steerling_lite.loading.config import parse_config
@@ -89,7 +93,8 @@ def test_random_safetensors_bytes_read_or_raise_checkpoint_error(tmp_path, raw, 
 
 
 @pytest.mark.parametrize("parse", [int_arg(1), int_arg(0, 10), float_arg(0.0), float_arg(0.0, 1.0, lo_open=True),
-                                   seed_arg, device_arg])
+                                   seed_arg, device_arg, directory_arg, size_arg, span_arg, api_key_arg,
+                                   steering_spec("amplify"), steering_spec("intervene", True)])
 @SETTINGS
 @given(text=st.text(max_size=30) | st.integers().map(str) | st.floats().map(str))
 def test_argument_types_accept_or_raise_argument_type_error(parse, text):

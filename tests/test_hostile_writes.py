@@ -99,3 +99,75 @@ def test_outputs_through_a_file_are_one_line(tiny_ckpt, tmp_path, capsys):
                  "--csv", str(blocker / "x.csv"), "--json"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(blocker) in err and err.count("\n") == 1
+
+
+def _refusing(err_no: int, strerror: str):
+    def refuse(*args, dir=None, **kwargs):
+        raise OSError(err_no, strerror, str(dir))
+    return refuse
+
+
+def test_quantize_into_a_read_only_file_system(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import steerling_lite.atomic as atomic
+
+    monkeypatch.setattr(atomic.tempfile, "mkdtemp", _refusing(errno.EROFS, "Read-only file system"))
+    assert main(["quantize", "--model", str(tiny_ckpt), "--quant", "nf4", "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path}: Read-only file system (read-only file system: write elsewhere)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["enospc", "erofs"])
+def test_explain_csv_into_a_full_or_read_only_file_system(tiny_ckpt, tmp_path, monkeypatch, capsys, fault):
+    """The CSV is written through a temporary: a full disk (the write fails half-way) or a read-only
+    file system (the temporary cannot be made) is one line and leaves nothing."""
+    import steerling_lite.atomic as atomic
+
+    if fault == "erofs":
+        monkeypatch.setattr(atomic.tempfile, "mkstemp", _refusing(errno.EROFS, "Read-only file system"))
+        want = f"error: {tmp_path}: Read-only file system (read-only file system: write elsewhere)\n"
+    else:
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(atomic.os, "fsync", full)
+        want = f"error: {tmp_path / 'x.csv'}: No space left on device (the disk is full: free space or write elsewhere)\n"
+    out = tmp_path / "x.csv"
+    assert main(["explain", "--model", str(tiny_ckpt), "--prompt", "hi", "-n", "64", "--steps", "2",
+                 "--csv", str(out), "--json"]) == 2
+    assert capsys.readouterr().err == want
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_offload_dir_on_a_read_only_file_system(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """Layers quantized while loading that the plan puts on disk go to --offload-dir: a folder that
+    cannot be made there is one line."""
+    import quant.offload as offload
+    from steerling_lite.loading.plan import plan_memory
+
+    cap = plan_memory(tiny_ckpt, quant="nf4", device="cpu").plan.devices["cpu"].peak - 1  # a block goes to disk
+    monkeypatch.setattr(offload.tempfile, "mkdtemp", _refusing(errno.EROFS, "Read-only file system"))
+    off = tmp_path / "off"
+    code = main(["generate", "--model", str(tiny_ckpt), "--prompt", "hi", "-n", "64", "--device", "cpu",
+                 "--quant", "nf4", "--max-cpu-memory", str(cap), "--offload-dir", str(off)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines()[-1] == f"error: {off}: Read-only file system (read-only file system: write elsewhere)"
+
+
+def test_offload_folder_left_by_a_killed_process_is_removed_by_the_next(tmp_path):
+    from quant.offload import FOLDER_PREFIX, DiskOffload
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a process that has exited (and was reaped)
+    stale, live, foreign = (tmp_path / f"{FOLDER_PREFIX}{name}" for name in ("stale", "live", "foreign"))
+    for folder, owner in ((stale, gone), (live, str(os.getppid())), (foreign, None)):
+        folder.mkdir()
+        (folder / "w.dat").write_bytes(b"\0" * 4096)
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(owner)
+    off = DiskOffload(tmp_path)
+    try:
+        assert not stale.exists() and live.exists() and foreign.exists()
+        assert (off.folder / OWNER_FILE).read_text() == str(os.getpid())
+    finally:
+        off.discard()

@@ -69,6 +69,23 @@ CASES = [
     ("wrong API key", "/v1/models", None, {"Authorization": "Bearer sk-wrong"}, 401, "invalid_api_key", "API key"),
     ("oversized body", "/v1/completions", good(prompt="x" * 8000), AUTH, 413, "request_too_large", "at most 4096"),
     ("unknown route", "/v1/engines", None, AUTH, 404, "not_found", "no route"),
+    # issue 13: hostile bodies and values
+    ("deep nesting", "/v1/completions", b'{"prompt": ' + b"[" * 2000 + b"]" * 2000 + b"}", AUTH, 400, None,
+     "nested 2001 levels deep"),
+    ("body not UTF-8", "/v1/completions", b'{"prompt": "caf\xe9"}', AUTH, 400, None, "not valid JSON"),
+    ("seed beyond 64 bits", "/v1/completions", good(seed=2**64), AUTH, 400, None, "seed is 18446744073709551616"),
+    ("negative seed", "/v1/completions", good(seed=-1), AUTH, 400, None, "seed is -1"),
+    ("negative max_tokens", "/v1/completions", good(max_tokens=-5), AUTH, 400, None, "at least 1"),
+    ("huge max_tokens", "/v1/completions", good(max_tokens=10**30), AUTH, 400, None, "at most 256"),
+    ("prompt ids outside the vocabulary", "/v1/completions", good(prompt=[5, 10**9]), AUTH, 400, None,
+     "outside the vocabulary"),
+    ("top_p out of range", "/v1/completions", good(top_p=2), AUTH, 400, None, "top_p"),
+    ("negative temperature", "/v1/completions", good(temperature=-1), AUTH, 400, None, "temperature must be >= 0"),
+    ("concept of a wrong type", "/v1/completions", good(steering=[{"concept": [3]}]), AUTH, 400, None,
+     "expected a concept id or name"),
+    ("strength beyond a float", "/v1/completions",
+     b'{"prompt": "a", "steering": [{"concept": 3, "strength": 1' + b"0" * 400 + b"}]}", AUTH, 400, None,
+     "expected a finite number"),
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from steerling_lite import QUANT_MODES, resolve_model_dir
+from steerling_lite import QUANT_MODES, resolve_model_dir, run_guarded
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +27,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Open the app on ``--model``; the exit code is the app's (Textual's: 1 after an error it showed).
+
+    Raises:
+        SteerlingError: ``--model`` names no model (see :func:`steerling_lite.resolve_model_dir`).
+    """
     from .app import SteerlingApp  # imported here: the other commands do not need Textual
 
     path = resolve_model_dir(args.model)
-    SteerlingApp(model=path, device=args.device, quant=args.quant).run()
-    return 0
+    app = SteerlingApp(model=path, device=args.device, quant=args.quant)
+    app.run()
+    return app.return_code or 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m tui``."""
+    """Entry point of ``python -m tui``, inside the same error boundary as the CLI
+    (:func:`steerling_lite.run_guarded`): a bad ``--model``, an unusable sessions database or a
+    refusing file system is one line on stderr and exit 2; ``--debug`` shows the traceback."""
+    from .store import StoreError
+
     parser = argparse.ArgumentParser(prog="python -m tui", description="steerling-lite's terminal app")
     add_args(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
+    args = parser.parse_args(argv)
+    return run_guarded(lambda: run(args), debug=args.debug, user_errors=(StoreError,))

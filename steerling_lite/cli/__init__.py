@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from importlib.metadata import entry_points
 
-from ..atomic import Terminated
-from ..errors import SteerlingError
+from ..errors import run_guarded
 from . import concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
@@ -55,44 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
-        return 143
-    except Exception as exc:  # the boundary: every error becomes one line
-        if args.debug:
-            raise
-        print(f"error: {error_line(exc)}", file=sys.stderr)
-        return 2 if is_user_error(exc) else 3
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is one a user can cause (bad input, a file system that refuses)."""
-    return isinstance(exc, (SteerlingError, OSError, UnicodeError, MemoryError))
-
-
-def error_line(exc: BaseException) -> str:
-    """One line for ``exc``: the message of the project's errors, ``PATH: reason`` for
-    operating-system errors, else the type and message with a pointer to ``--debug``."""
-    if isinstance(exc, SteerlingError):
-        text = str(exc)
-    elif isinstance(exc, OSError) and exc.strerror:
-        where = exc.filename if exc.filename is not None else ""
-        hint = {errno.ENOSPC: " (the disk is full: free space or write elsewhere)",
-                errno.EROFS: " (read-only file system: write elsewhere)",
-                errno.EACCES: " (permission denied: write elsewhere)"}.get(exc.errno, "")
-        text = f"{where}: {exc.strerror}{hint}" if where else f"{exc.strerror}{hint}"
-    elif isinstance(exc, MemoryError):
-        text = "out of memory: use a smaller --dtype / --quant, or --max-cpu-memory with --offload-dir"
-    else:
-        text = f"internal error ({type(exc).__name__}: {exc}); run again with --debug for the traceback"
-    return " ".join(text.split()) or type(exc).__name__
+    return run_guarded(lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":  # pragma: no cover

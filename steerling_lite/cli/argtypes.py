@@ -14,9 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..generation.generate import SEED_MAX
 from ..loading.plan import DEVICES
-
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed/unsigned 64-bit value; stay portable
 
 
 def int_arg(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
@@ -89,12 +88,15 @@ def directory_arg(text: str) -> str:
     created when needed); a path naming a file, or under one, is refused."""
     from pathlib import Path
 
-    p = Path(text).expanduser()
-    for q in (p, *p.parents):
-        if q.exists():
-            if not q.is_dir():
-                raise argparse.ArgumentTypeError(f"{str(q)!r} is a file; expected a directory")
-            break
+    try:
+        p = Path(text).expanduser()
+        for q in (p, *p.parents):
+            if q.exists():
+                if not q.is_dir():
+                    raise argparse.ArgumentTypeError(f"{str(q)!r} is a file; expected a directory")
+                break
+    except (OSError, ValueError, RuntimeError) as exc:  # a name too long, a NUL byte, ~user unknown
+        raise argparse.ArgumentTypeError(f"{text!r} is not a usable directory path ({exc})") from None
     return text
 
 

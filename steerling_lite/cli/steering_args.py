@@ -4,6 +4,7 @@ the steering options shared by ``generate``, ``explain`` and ``steer``."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from .argtypes import non_negative_int
 from ..generation.steering import AMPLIFY_TARGET, SUPPRESS_ALPHA, Steering, SteeringBuilder, SteeringPlan
@@ -24,6 +25,8 @@ def _spec(mode: str, need_value: bool = False):
                 strength = float(value)
             except ValueError:
                 raise argparse.ArgumentTypeError(f"{text!r}: the strength {value!r} is not a number") from None
+            if not math.isfinite(strength):
+                raise argparse.ArgumentTypeError(f"{text!r}: the strength {value!r} is not a finite number")
         return mode, concept, strength
 
     return parse

@@ -46,6 +46,8 @@ from .sampling import check_probability, confidence, linear_schedule, sample_tok
 from .steering import SteeringPlan
 from .step import LogitProcessing, StepOutput, StepSteering, compute_dtype, denoise_step, guided
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed/unsigned 64-bit value; stay portable
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -107,6 +109,8 @@ class GenerationConfig:
         t = self.confidence_threshold
         if t is not None and not (math.isfinite(t) and 0.0 < t <= 1.0):
             raise GenerationError(f"confidence_threshold must be in (0, 1], got {t}")
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise GenerationError(f"seed is {self.seed}; expected an integer from 0 to {SEED_MAX} (2**63 - 1)")
 
     @property
     def total_steps(self) -> int:

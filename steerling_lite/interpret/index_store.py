@@ -25,7 +25,6 @@ with ``log(chunks)``; both accept vectors added later (``index add``).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import zlib
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..errors import RetrievalError
 
 FORMAT = "steerling-lite-index"
@@ -157,9 +157,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest.json`` with the size and CRC-32 of the vector and chunk files added."""
     manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
                     files={name: file_record(directory / name) for name in (VECTORS, CHUNKS_DB)})
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    write_text_atomic(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:

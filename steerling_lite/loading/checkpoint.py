@@ -29,9 +29,11 @@ import torch
 from quant.config import FLOAT_DTYPES
 from quant.jsonio import loads_limited, read_json
 from quant.linear import replace_linears
+from quant.offload import read_byte_range
 from quant.prequant import META_CRC32, META_SETTINGS, QUANTIZE_CONFIG, PrequantInfo, check_file_settings, read_quantize_config
 
 from .config import SteerlingConfig, load_config
+from .header_check import check_config_against_headers
 from .safetensors_header import check_header, file_header
 from ..errors import CheckpointError
 from ..model.transformer import SteerlingModel
@@ -232,7 +234,9 @@ def _shape_hint(cfg: SteerlingConfig, name: str) -> str:
 
 
 def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = FLOAT_CODES) -> Checkpoint:
-    """Read config.json and the tensor headers of ``model_dir`` and check them against each other.
+    """Read config.json and the tensor headers of ``model_dir`` and check them against each other:
+    first the config fields against the headers alone (:mod:`.header_check`, before any model
+    is built), then every tensor's name, shape and dtype against the model config.json describes.
 
     Raises:
         ConfigError: config.json is missing or invalid.
@@ -243,6 +247,7 @@ def open_checkpoint(model_dir: str | Path, allow_dtypes: frozenset[str] = FLOAT_
     cfg = load_config(model_dir)
     files = weight_files(model_dir)
     headers = read_headers(files)
+    check_config_against_headers(cfg, headers, str(model_dir / "config.json"), FLOAT_CODES)  # before any model is built
     try:
         prequant = read_quantize_config(model_dir)
     except ValueError as exc:
@@ -317,17 +322,12 @@ def read_tensor(f, info: TensorInfo) -> torch.Tensor:
     if info.offsets is None or info.dtype not in TORCH_DTYPES:
         raise CheckpointError(f"{info.file}: tensor {info.name}: cannot read dtype {info.dtype}")
     begin, end = info.offsets
-    buf = torch.empty(end - begin, dtype=torch.uint8)
-    view = memoryview(buf.numpy())
-    f.seek(begin)
-    pos = 0
-    while pos < len(view):
-        n = f.readinto(view[pos:])
-        if not n:
-            raise CheckpointError(f"{info.file}: cannot read tensor data of {info.name} (file ends at byte "
-                                  f"{begin + pos}, expected {end}); the file may be truncated or corrupt")
-        pos += n
-    if info.crc32 is not None and zlib.crc32(view) != info.crc32:
+    try:
+        buf = read_byte_range(f, begin, end)
+    except EOFError as exc:
+        raise CheckpointError(f"{info.file}: cannot read tensor data of {info.name} (file ends at byte "
+                              f"{exc.args[0]}, expected {end}); the file may be truncated or corrupt") from None
+    if info.crc32 is not None and zlib.crc32(buf.numpy()) != info.crc32:
         raise CheckpointError(f"{info.file}: tensor {info.name} is damaged (CRC-32 does not match the file's "
                               "metadata): copy or write the file again")
     return buf.view(TORCH_DTYPES[info.dtype]).reshape(info.shape)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from quant import DiskOffload, StreamingLoader, device_for, dispatch, needs_dispatch, pack_for_cpu, replace_linears
+from quant.offload import TensorRef
 from quant.memory import release_free_memory
 from quant.prequant import QUANTIZE_CONFIG, check_versions
 
@@ -85,9 +86,10 @@ def load_planned(lp: LoadPlan, offload_dir: str | Path | None = None, progress: 
     for param, info in ckpt.tensors.items():
         layer, _, attr = param.rpartition(".")
         quantize_here = prequant is None and layer in quantized and attr == "weight"
-        if not quantize_here:
-            stored = TORCH_DTYPES[info.dtype] if (prequant is not None and layer in quantized) else lp.dtype
-            if loader.add_reference(param, str(info.file), info.name, info.nbytes, stored):
+        if not quantize_here and info.offsets is not None:
+            dtype = TORCH_DTYPES[info.dtype] if (prequant is not None and layer in quantized) else lp.dtype
+            ref = TensorRef(str(info.file), *info.offsets, info.shape, TORCH_DTYPES[info.dtype], dtype)
+            if loader.add_reference(param, ref):
                 continue
         to_read[param] = info
     try:

@@ -29,6 +29,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from quant.jsonio import MAX_DEPTH, nesting_depth
+
 from .. import ConceptCatalog, SteerlingError, SteeringBuilder, Steerling
 from .errors import APIError, bad_request, describe_validation, first_param, install_handlers, log
 from .prepare import ConceptNames, GenerationRequest, chat_prompt, completion_prompt, embedding_inputs, prepare
@@ -218,7 +220,11 @@ async def read_body(request: Request, schema: type[M], limit: int) -> M:
         if len(body) > limit:
             raise APIError(413, f"the request body is over {limit} bytes, the most this server accepts (--max-body-size)")
     try:
-        data = json.loads(bytes(body))
+        text = bytes(body).decode("utf-8")
+        depth = nesting_depth(text)  # json.loads recurses per level: a deep body would be a RecursionError
+        if depth > MAX_DEPTH:
+            raise APIError(400, f"the request body is JSON nested {depth} levels deep; expected at most {MAX_DEPTH}")
+        data = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -151,7 +151,7 @@ def _finite(value: Any, where: str) -> float | None:
         return None
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond a float, 1e400 written out
         raise ConceptError(f"{where} is {value!r}; expected a finite number") from None
     if isinstance(value, bool) or not math.isfinite(v):
         raise ConceptError(f"{where} is {value!r}; expected a finite number")
@@ -245,7 +245,7 @@ def prepare(lm: Steerling, names: ConceptNames | None, params: GenerationParams,
 
 
 _FIELDS = {"steps": "steps", "temperature": "temperature", "top_p": "top_p", "repetition_penalty": "repetition_penalty",
-           "confidence_threshold": "parallel_threshold", "max_new_tokens": "max_tokens"}
+           "confidence_threshold": "parallel_threshold", "max_new_tokens": "max_tokens", "seed": "seed"}
 
 
 def _field_of(message: str) -> str | None:

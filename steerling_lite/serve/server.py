@@ -23,8 +23,8 @@ def bind(host: str, port: int) -> socket.socket:
     """
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise ServeError(f"--host {host}: {exc.strerror}") from None
+    except (socket.gaierror, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode (a label too long)
+        raise ServeError(f"--host {host}: {getattr(exc, 'strerror', None) or exc}; expected a host name or address") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
