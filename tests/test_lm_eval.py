@@ -108,6 +108,8 @@ def test_model_args_are_checked_and_steering_presets_read(ckpt, tmp_path):
         SteerlingLiteLM(pretrained=str(ckpt), dtype="fp32", colour="red")
     with pytest.raises(InputError, match="mc_num"):
         SteerlingLiteLM(pretrained=str(ckpt), dtype="fp32", mc_num=0)
+    with pytest.raises(InputError, match="cfg"):
+        SteerlingLiteLM(pretrained=str(ckpt), dtype="fp32", cfg="lots")
     preset = tmp_path / "p.toml"
     preset.write_text('inject_layer = 1\n[[steering]]\nconcept_id = 3\nmode = "suppress"\nstrength = 5.0\n')
     specs, layer = read_steering_preset(preset)

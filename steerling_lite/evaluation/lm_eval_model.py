@@ -168,6 +168,8 @@ class SteerlingLiteLM(LM):
         for name, value in (("mc_num", mc_num), ("mc_batch_size", mc_batch_size), ("max_gen_toks", max_gen_toks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"model_args {name} must be a positive integer, got {value!r}")
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not 0 <= cfg < float("inf"):
+            raise InputError(f"model_args cfg must be a number >= 0, got {cfg!r}")
         self.lm = Steerling.load(resolve_model_dir(pretrained), device=device or "auto", dtype=dtype, quant=quant,
                                  max_gpu_memory=max_gpu_memory, max_cpu_memory=max_cpu_memory,
                                  offload_dir=offload_dir)
