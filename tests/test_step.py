@@ -42,6 +42,30 @@ def test_step_over_a_cached_window_equals_the_step_over_the_whole_sequence(lm):
 
 
 @torch.inference_mode()
+def test_a_batch_of_sequences_is_the_steps_of_each_sequence(lm):
+    """Batched forward passes (issue 14): B different sequences, partly masked, steered, in one step
+    give what B one-sequence steps give, with and without a KV cache."""
+    model, cfg = lm.model, lm.config
+    B = cfg.diff_block_size
+    x = torch.cat([_ids(lm, 3 * B, seed=s) for s in range(3)])
+    x[1, 2 * B + 3:] = cfg.mask_token_id
+    rows = torch.arange(2 * B, 3 * B)
+    from steerling_lite import Steering
+
+    plan = SteeringBuilder(lm).build([Steering(3, "amplify", 8.0), Steering(5, "intervene", 1.0)], inject_layer=1)
+    steering = StepSteering.at(plan, 0, 32, torch.float32)
+    batched = denoise_step(model, x, rows, steering=steering)
+    for i in range(3):
+        one = denoise_step(model, x[i:i + 1], rows, steering=steering)
+        torch.testing.assert_close(batched.readout[i:i + 1], one.readout, atol=1e-5, rtol=1e-5)
+    cache = KVCache.allocate(model.layer_devices(), 3, cfg.kv_heads, 3 * B, cfg.head_dim, B, torch.float32)
+    denoise_step(model, x[:, :2 * B], torch.arange(2 * B), cache=cache)
+    cache.commit(2 * B)
+    windowed = denoise_step(model, x[:, 2 * B:], rows - 2 * B, cache=cache, start=2 * B)
+    torch.testing.assert_close(windowed.hidden, denoise_step(model, x, rows).hidden, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
 def test_step_logits_are_the_processed_lm_logits_of_the_rows(lm):
     model, cfg = lm.model, lm.config
     x = _ids(lm, 32, seed=1)

@@ -120,7 +120,10 @@ def denoise_step(
         steering: this step's :class:`StepSteering`, or None (unsteered).
         input_embeds: ``(batch, T, D)`` input embeddings used instead of ``window``'s (input
             attribution's interpolation path; gradients flow through them).
-        processing: when given, the LM logits of ``rows`` are computed and processed.
+        processing: when given, the LM logits of ``rows`` are computed and processed: those of
+            the one sequence (batch 1), or guided across the pair (batch 2 with ``cfg_scale``);
+            any other batch reads ``hidden`` / ``readout`` (every sequence of the batch is
+            independent: a batch of B gives what B one-sequence steps give).
         seen_ids: ``(S,)`` distinct ids already in the sequence, for the repetition penalty.
 
     Returns:
