@@ -257,3 +257,4 @@ def test_app_panel_and_exports_show_the_description(lm):
     shown = discovered_rows(data["discovered"])  # the panel's heading says "discovered"
     assert [r["label"] for r in shown] == [disc.label(r["concept_id"]).removeprefix("discovered ") for r in shown]
     assert shown[0]["label"].startswith(f'#{shown[0]["concept_id"]} "')
+    assert discovered_rows([{"concept_id": 7, "label": "discovered #7"}])[0]["label"] == "discovered #7"

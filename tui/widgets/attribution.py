@@ -43,8 +43,10 @@ def bar_rows(title: str, rows: list[dict[str, Any]], width: int) -> Text:
 
 def discovered_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Discovered-concept rows as the panel labels them, under its "discovered concepts" heading:
-    ``#3 "dog, cat, horse"`` for ``discovered #3 "dog, cat, horse"``."""
-    return [{**r, "label": str(r["label"]).removeprefix("discovered ")} for r in rows]
+    ``#3 "dog, cat, horse"`` for a described ``discovered #3 "dog, cat, horse"`` (so that its
+    words fit the label column); other labels as they are."""
+    return [{**r, "label": str(r["label"]).removeprefix("discovered ")} if '"' in str(r["label"]) else r
+            for r in rows]
 
 
 class AttributionPanel(VerticalScroll):
