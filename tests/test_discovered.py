@@ -202,7 +202,8 @@ def test_attribution_records_carry_the_description(lm):
 def test_cli_describes_discovered_concepts(lm, index, capsys):
     base = ["--model", str(lm.path), "--dtype", "fp32", "--device", "cpu"]
     assert main(["concepts", "describe", "2", "9", *base, "--index", str(index), "--chunks", "2"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "training chunks for every discovered concept" in err  # the first scan says so
     disc = lm.discovered_concepts()
     assert f"discovered concept 2: {disc.label(2)}" in out and f"discovered concept 9: {disc.label(9)}" in out
     assert "promotes: " in out and "corpus.txt:" in out

@@ -168,7 +168,13 @@ def _descriptions(args: argparse.Namespace, ids: list[int] | None) -> list:
     elif args.index or args.limit:
         raise ConceptError("--index and --limit go with --chunks N (N > 0)")
     with byte_progress("scanning chunks", unit="chunk") as bar:
-        progress = (lambda done, total: bar(done, total, "")) if bar else None
+        def progress(done: int, total: int) -> None:
+            if done == 0:
+                print(f"steerling-lite: scanning {total} training chunks for every discovered concept's top chunks "
+                      "(once; cached)", file=sys.stderr)
+            if bar:
+                bar(done, total, "")
+
         return [disc.describe(cid, index, args.tokens, args.chunks, args.limit, progress) for cid in ids]
 
 

@@ -55,7 +55,7 @@ LABEL_TOKENS = 3  # distinct words in the display label
 TOP_CHUNKS = 5  # chunks kept per concept by default
 MAX_BATCH_WEIGHTS = 2**24  # per-token weights held at once in the chunk pass (64 MiB fp32)
 
-#: ``progress(chunks_done, chunks_total)`` of the pass over an index's chunks.
+#: ``progress(chunks_done, chunks_total)`` of the pass over an index's chunks (first with 0 done).
 ChunkProgress = Callable[[int, int], None]
 
 
@@ -156,6 +156,8 @@ def top_activating_chunks(lm, batches, top_n: int = TOP_CHUNKS, total: int | Non
     best_id = torch.zeros(n_concepts, 0, dtype=torch.long)
     best_pos = torch.zeros(n_concepts, 0, dtype=torch.long)
     done = 0
+    if progress is not None:
+        progress(0, total if total is not None else 0)
     for rows in batches:
         seqs = [toks for _, toks in rows]
         chunk_ids = torch.tensor([cid for cid, _ in rows], dtype=torch.long)
