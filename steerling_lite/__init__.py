@@ -63,6 +63,11 @@ __all__ += [  # training-data retrieval (issue 11)
     "SharedConcept", "RetrievalError",
 ]
 
+# discovered concepts a person can read (issue 11)
+from .interpret.discovered import ActivatingChunk, DiscoveredConcepts, DiscoveredDescription  # noqa: E402
+
+__all__ += ["DiscoveredConcepts", "DiscoveredDescription", "ActivatingChunk"]
+
 # what the app needs besides the above (issue 10)
 from .errors import require_interpretable, run_guarded  # noqa: E402
 from .generation.steering import AMPLIFY_TARGET  # noqa: E402
