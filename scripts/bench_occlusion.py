@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     p.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (default 32)")
     p.add_argument("--batch-size", type=int, default=16, help="occluded copies per forward (default 16)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--note", default="machine shared with other jobs", help="said of the machine in the Markdown")
     p.add_argument("--update-benchmarks", action="store_true", help="write the Markdown into BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--new-tokens must hold two spans of --span-tokens")
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lm = Steerling.load(shipped_model_dir(), device="cpu", dtype="fp32")
     n_prompts = (args.spans + 1) // 2
     prompts = (PROMPTS * (n_prompts // len(PROMPTS) + 1))[:n_prompts]
@@ -129,15 +132,22 @@ def main(argv: list[str] | None = None) -> int:
             oc_scores = fast.span_scores().tolist()
             ig_scores = ig.scores[:, :P].sum(0).tolist()
             rho = spearman(oc_scores, ig_scores)
+            rho_logit = spearman(fast.logit_scores.sum(0).tolist(), ig_scores)
+            rho_abs = spearman([abs(v) for v in oc_scores], [abs(v) for v in ig_scores])
             top_same = max(range(P), key=lambda i: abs(oc_scores[i])) == max(range(P), key=lambda i: abs(ig_scores[i]))
             rows.append({"prompt_tokens": P, "targets": len(fast), "passes": fast.cost.forward_passes,
                          "calls": fast.cost.batched_calls, "t_fast": t_fast, "t_slow": t_slow, "t_ig": t_ig,
-                         "rho": rho, "top_same": top_same, "diff": diff})
+                         "rho": rho, "rho_logit": rho_logit, "rho_abs": rho_abs, "top_same": top_same, "diff": diff})
             print(f"span {len(rows)}: {P} prompt tokens, {fast.cost.forward_passes} passes, batched {t_fast:.2f} s, "
                   f"one at a time {t_slow:.2f} s, IG {t_ig:.2f} s, rho {rho:+.2f}", file=sys.stderr)
 
-    rhos = [r["rho"] for r in rows if r["rho"] == r["rho"]]
     med = statistics.median
+
+    def rho_summary(key: str) -> str:
+        v = [r[key] for r in rows if r[key] == r[key]]  # NaN (a constant score vector) left out
+        return (f"median {med(v):+.2f}, mean {statistics.fmean(v):+.2f}, min {min(v):+.2f}, max {max(v):+.2f} "
+                f"({len(v)} spans)")
+
     lines = [
         f"Occlusion on the default model (4 layers, d=128, fp32, CPU): {len(rows)} spans of {args.span_tokens} "
         f"generated tokens (greedy, one token per denoising step, so each span token is its own committing "
@@ -156,10 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         f"| integrated gradients, {args.ig_steps} steps (s) | {med(r['t_ig'] for r in rows):.3f} | "
         f"{sum(r['t_ig'] for r in rows):.2f} |",
         "",
-        f"Rank agreement with integrated gradients (Spearman's rho over the prompt tokens, span scores: "
-        f"occlusion's summed log-probability drop, IG's summed logit shares): median {med(rhos):+.2f}, "
-        f"mean {statistics.fmean(rhos):+.2f}, min {min(rhos):+.2f}, max {max(rhos):+.2f} ({len(rhos)} spans); "
-        f"the same top token in {sum(r['top_same'] for r in rows)} of {len(rows)} spans. "
+        "Rank agreement with integrated gradients: Spearman's rho over the prompt tokens between IG's "
+        "span scores (its per-token logit shares summed over the span) and",
+        "",
+        f"- occlusion's span scores (log-probability drop, as defined): {rho_summary('rho')};",
+        f"- occlusion of the target's logit instead (IG's quantity, no softmax normalizer): {rho_summary('rho_logit')};",
+        f"- magnitudes only (|occlusion| vs |IG|): {rho_summary('rho_abs')}.",
+        "",
+        f"The same top token (by magnitude) in {sum(r['top_same'] for r in rows)} of {len(rows)} spans. "
         f"Batched vs one at a time: max |score difference| {max(r['diff'] for r in rows):.1e} nats.",
     ]
     body = "\n".join(lines)

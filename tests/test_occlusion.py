@@ -60,10 +60,12 @@ def test_matches_a_direct_full_forward(tiny16, generated):
     tr, mask = a.trace, lm.config.mask_token_id
     y, step = tr.committed[p]
 
-    def logp(ids: list[int]) -> float:
+    def logits(ids: list[int]) -> torch.Tensor:
         with torch.no_grad():
-            h = lm.model.transformer(torch.tensor([ids]))
-            return torch.log_softmax(lm.model.lm_logits(h[0, p]).float(), -1)[y].item()
+            return lm.model.lm_logits(lm.model.transformer(torch.tensor([ids]))[0, p]).float()
+
+    def logp(ids: list[int]) -> float:
+        return torch.log_softmax(logits(ids), -1)[y].item()
 
     snap = tr.snapshot(step)
     assert oc.target_logprobs[0].item() == pytest.approx(logp(snap), abs=1e-5)
@@ -71,6 +73,7 @@ def test_matches_a_direct_full_forward(tiny16, generated):
         u = oc.units[k]
         occluded = snap[:u.start] + [mask] * len(u) + snap[u.end:]
         assert oc.scores[0, k].item() == pytest.approx(logp(snap) - logp(occluded), abs=1e-4)
+        assert oc.logit_scores[0, k].item() == pytest.approx((logits(snap)[y] - logits(occluded)[y]).item(), abs=1e-4)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])

@@ -76,6 +76,8 @@ class OcclusionAttribution(TargetRows):
         scores: ``(N, U)`` fp32 ``log p(y_n | snapshot) - log p(y_n | snapshot, unit u masked)`` (nats).
         target_logprobs: ``(N,)`` fp32 ``log p(y_n | snapshot)``.
         target_logits: ``(N,)`` fp32 the target's LM logit at the snapshot (before the logit mask).
+        logit_scores: ``(N, U)`` fp32 the same difference of the target's logit (the quantity
+            integrated gradients attributes; no softmax normalizer).
         inputs: ``(N, L)`` long: the snapshot each target was committed from.
         granularity: how the prompt was cut (``custom`` for explicit units).
         cost: the forward passes run; ``seconds``: wall time.
@@ -89,6 +91,7 @@ class OcclusionAttribution(TargetRows):
     scores: Tensor
     target_logprobs: Tensor
     target_logits: Tensor
+    logit_scores: Tensor
     inputs: Tensor
     granularity: str
     cost: OcclusionCost
@@ -254,33 +257,36 @@ def occlusion(
     inputs = torch.full((N, L), trace.mask_id, dtype=torch.long)
     lp_x = torch.zeros(N)
     logit_x = torch.zeros(N)
+    logit_scores = torch.zeros(N, U)
     t0 = time.perf_counter()
     bar = tqdm(total=cost.forward_passes, desc="occlusion", unit="pass", file=sys.stderr,
                disable=None if progress else True,  # None: only on a terminal
                leave=False)
     with torch.inference_mode(), bar:
         for step, group in sorted(by_step.items()):
-            base_lp, base_logit, occluded = _replay_step(lm.model, trace, step, group, unit_list, batch_size,
-                                                         use_cache, bar.update)
+            base_lp, base_logit, occluded, occluded_logit = _replay_step(
+                lm.model, trace, step, group, unit_list, batch_size, use_cache, bar.update)
             snap = torch.tensor(trace.snapshot(step))
             for j, p in enumerate(group):
                 i = row_of[p]
                 lp_x[i], logit_x[i] = base_lp[j], base_logit[j]
                 scores[i] = base_lp[j] - occluded[:, j]
+                logit_scores[i] = base_logit[j] - occluded_logit[:, j]
                 inputs[i] = snap
     return OcclusionAttribution(
         positions=torch.tensor(targets, dtype=torch.long),
         token_ids=torch.tensor([trace.committed[p][0] for p in targets], dtype=torch.long),
         steps=torch.tensor([trace.committed[p][1] for p in targets], dtype=torch.long),
-        units=unit_list, scores=scores, target_logprobs=lp_x, target_logits=logit_x, inputs=inputs,
+        units=unit_list, scores=scores, target_logprobs=lp_x, target_logits=logit_x, logit_scores=logit_scores,
+        inputs=inputs,
         granularity=granularity, cost=cost, seconds=time.perf_counter() - t0, trace=trace, tokenizer=tokenizer,
     )
 
 
 def _replay_step(model, trace: GenerationTrace, step: int, group: list[int], units: list[PromptUnit],
-                 batch_size: int, use_cache: bool, advance) -> tuple[Tensor, Tensor, Tensor]:
+                 batch_size: int, use_cache: bool, advance) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Replay denoising ``step`` for its targets ``group`` (absolute positions, G of them): the
-    full snapshot and each unit masked. Returns ``(log p (G,), logit (G,), occluded log p (U, G))``
+    full snapshot and each unit masked. Returns ``(log p (G,), logit (G,), occluded log p (U, G), occluded logit (U, G))``
     fp32 on the CPU; ``advance(n)`` is called as sequences finish."""
     cfg, tf = model.cfg, model.transformer
     B, mask_id = cfg.diff_block_size, trace.mask_id
@@ -309,6 +315,7 @@ def _replay_step(model, trace: GenerationTrace, step: int, group: list[int], uni
     # later (earlier-starting) call reads is still the full snapshot's
     order = sorted(range(len(units)), key=lambda k: -starts[k])
     occluded = torch.zeros(len(units), len(group))
+    occluded_logit = torch.zeros(len(units), len(group))
     cache = None
     if use_cache and units:
         n_max = min(batch_size, len(units))
@@ -328,7 +335,8 @@ def _replay_step(model, trace: GenerationTrace, step: int, group: list[int], uni
             view = KVCache([t[:len(batch)] for t in cache.keys], [t[:len(batch)] for t in cache.values], s, B)
         out = denoise_step(model, window[:, s:], rows - s, cache=view, start=s, steering=steering,
                            input_embeds=tf.tok_emb(copies))
-        lp, _ = _logprob(model, out.readout, tok, steering)  # (n, G)
+        lp, logit = _logprob(model, out.readout, tok, steering)  # (n, G) each
         occluded[batch] = lp.cpu()
+        occluded_logit[batch] = logit.cpu()
         advance(len(batch))
-    return base_lp.cpu(), base_logit.cpu(), occluded
+    return base_lp.cpu(), base_logit.cpu(), occluded, occluded_logit
