@@ -3,7 +3,7 @@
 While generating, the answer shows the committed text and, after it, the block being
 denoised: still-masked slots are placeholders (``░``) that fill in as each denoising
 step commits its most confident tokens. When it is done, the answer's tokens become
-selectable (left/right moves, shift extends, Enter attributes the selection).
+selectable (left/right moves, shift extends, Enter attributes the selection, ``a`` audits it).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class OutputView(Static, can_focus=True):
         Binding("end", "jump(-1)", "Last", show=False),
         Binding("enter", "attribute", "Attribute"),
         Binding("i", "inputs", "Input tokens"),
+        Binding("a", "audit", "Audit"),
     ]
 
     cursor: reactive[int] = reactive(0)
@@ -64,6 +65,13 @@ class OutputView(Static, can_focus=True):
             super().__init__()
             self.view = view
             self.start, self.end, self.inputs = start, end, inputs
+
+    class AuditRequest(Message):
+        """Audit tokens ``start..end`` (exclusive) of this answer: concepts, input units, training chunks."""
+
+        def __init__(self, view: OutputView, start: int, end: int) -> None:
+            super().__init__()
+            self.view, self.start, self.end = view, start, end
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
@@ -148,6 +156,11 @@ class OutputView(Static, can_focus=True):
         if self.tokens:
             self.anchor = None  # input attribution is per token: select just the one under the cursor
             self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True))
+
+    def action_audit(self) -> None:
+        if self.tokens:
+            start, end = self.selection
+            self.post_message(self.AuditRequest(self, start, end))
 
     # ---- drawing -----------------------------------------------------------------------
     def _redraw(self) -> None:
