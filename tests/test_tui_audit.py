@@ -24,7 +24,7 @@ from tui.export import session_to_dict, session_to_markdown
 from tui.screens import AuditScreen, ChatScreen, CompareScreen, ExportScreen
 from tui.store import MIGRATIONS, SCHEMA_VERSION, Attribution, Audit, Session, Store, Turn
 
-from .test_tui import async_test, fixed_status, loaded, send, set_form, wait_for
+from .test_tui import async_test, fixed_status, home, loaded, send, set_form, wait_for  # noqa: F401 (home: a fixture)
 from .test_tui_snapshots import ATTRIBUTION, OUTPUT, PROMPT, reopened, saved_session
 
 SIZE = (80, 24)

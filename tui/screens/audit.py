@@ -37,9 +37,9 @@ PROGRESS_EVERY_S = 0.1  # index-build progress redraws at most ten times a secon
 
 
 def share_row(head: str, label: str, share: float, peak: float, width: int = 10) -> Text:
-    """``known  +31.0% █████     label``: a concept's signed share with a bar scaled to ``peak``."""
+    """``known +31.0% █████     label``: a concept's signed share with a bar scaled to ``peak``."""
     cells = int(round(abs(share) / (peak or 1.0) * width))
-    text = Text(f"{head[:5]:<5} {share * 100:+6.1f}% ")
+    text = Text(f"{'known' if head == 'known' else 'disc.'} {share * 100:+6.1f}% ")
     text.append(f"{'█' * cells:<{width}}", "green" if share >= 0 else "red")
     text.append(f" {clean(label)}")
     return text
@@ -54,11 +54,11 @@ def concept_options(data: dict[str, Any]) -> list[Option]:
 
 
 def input_options(data: dict[str, Any]) -> list[Option]:
-    """The input units, strongest first: ``+0.312  'city'  (prompt token 4)``."""
+    """The input units, strongest first: ``+0.312  ' city'  prompt token 4``."""
     out = []
     for r in data.get("inputs") or []:
         text = Text(f"{float(r['score']):+7.3f}  ", "green" if float(r["score"]) >= 0 else "red")
-        text.append(repr(clean(str(r["text"])))[1:-1] or "∅", "bold")
+        text.append(repr(clean(str(r["text"]))), "bold")
         text.append(f"  prompt token {r['index']}", "dim")
         out.append(Option(text, id=f"input:{len(out)}"))
     return out
@@ -92,11 +92,10 @@ class AuditScreen(JobRunner, ModalScreen):
     #audit-status { height: 1; color: $text-muted; }
     #audit-progress { height: 1; display: none; }
     .audit-head { text-style: bold; color: $accent; height: 1; }
-    #audit-concepts { height: 1fr; min-height: 3; max-height: 8; }
-    #audit-inputs { height: 1fr; min-height: 3; max-height: 6; }
-    #audit-neighbours { height: 1fr; min-height: 3; max-height: 7; }
-    AuditScreen OptionList { border: none; padding: 0; background: $surface; }
-    AuditScreen OptionList:focus { background: $boost; }
+    AuditScreen OptionList, AuditScreen OptionList:focus { border: none; padding: 0; background: $surface; }
+    #audit-concepts { height: auto; max-height: 8; }
+    #audit-inputs { height: auto; max-height: 6; }
+    #audit-neighbours { height: 1fr; min-height: 3; }
     #audit-hint { height: 1; color: $text-muted; }
     """
 
@@ -131,8 +130,8 @@ class AuditScreen(JobRunner, ModalScreen):
             yield OptionList(id="audit-inputs")
             yield Label("Nearest training chunks", classes="audit-head", id="audit-neighbours-head")
             yield OptionList(id="audit-neighbours")
-            yield Static(Text("tab: next list · s: suppress & compare · g / o: inputs by IG / occlusion · "
-                              "esc: close", no_wrap=True, overflow="ellipsis"), id="audit-hint")
+            yield Static(Text("tab: next list · s: suppress, compare · g/o: inputs by IG / occlusion · esc",
+                              no_wrap=True, overflow="ellipsis"), id="audit-hint")
 
     def _span_text(self) -> str:
         t = self.target
