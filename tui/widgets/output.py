@@ -52,7 +52,7 @@ class OutputView(Static, can_focus=True):
         Binding("end", "jump(-1)", "Last", show=False),
         Binding("enter", "attribute", "Attribute"),
         Binding("i", "inputs", "Input tokens"),
-        Binding("a", "audit", "Audit"),
+        Binding("a", "audit", "Audit", show=False),  # in the help, the palette and the attribution hint
     ]
 
     cursor: reactive[int] = reactive(0)
