@@ -253,7 +253,7 @@ def markdown(res: dict) -> str:
            "re-measured on a quiet machine).", ""]
     r = res.get("recall")
     if r:
-        out += [f"### Recall of training chunks from corrupted copies ({r['chunks']:,} chunks, mean "
+        out += [f"#### Recall of training chunks from corrupted copies ({r['chunks']:,} chunks, mean "
                 f"{r['mean_tokens']:.1f} tokens, {r['queries']} queries, {100 * r['corrupt']:.0f} % of "
                 "each query's tokens masked or replaced; exact search)", "",
                 "| representation | dim | masked r@1 | masked r@10 | replaced r@1 | replaced r@10 |", "|---|---|---|---|---|---|"]
@@ -275,7 +275,7 @@ def markdown(res: dict) -> str:
                            f"{c['replaced']['r@1']:.3f} / {c['replaced']['r@10']:.3f} |")
     dflt = res.get("default")
     if dflt:
-        out += ["", "### The default model's index, built on first use", "",
+        out += ["", "#### The default model's index, built on first use", "",
                 f"The whole shipped corpus: {dflt['chunks']:,} chunks in {dflt['seconds']:.0f} s, "
                 f"**{dflt['chunks_per_s']:.0f} chunks/s**; {dflt['bytes'].get('vectors.faiss', 0) / 2**20:.0f} MiB of "
                 f"vectors (exact search), {dflt['bytes'].get('chunks.sqlite', 0) / 2**20:.0f} MiB of chunks. The same "
@@ -287,14 +287,14 @@ def markdown(res: dict) -> str:
     b = res.get("build")
     if b:
         mb = b["mb_per_million"]
-        out += ["", "### Index build", "",
+        out += ["", "#### Index build", "",
                 f"`build_index` over the first {b['lines']:,} lines of the corpus: {b['chunks']:,} chunks in "
                 f"{b['seconds']:.1f} s, **{b['chunks_per_s']:.0f} chunks/s** (chunking, embedding, SQLite, FAISS). "
                 f"Size per million chunks: {mb.get('vectors.faiss', 0):,.0f} MiB of vectors "
                 f"(exact, {b.get('dim', '?')}-dim fp32), {mb.get('chunks.sqlite', 0):,.0f} MiB of chunk text and provenance."]
     lat = res.get("latency")
     if lat:
-        out += ["", "### Query latency (synthetic vectors, one query at a time, k = 10, one thread)", "",
+        out += ["", "#### Query latency (synthetic vectors, one query at a time, k = 10, one thread)", "",
                 "Median milliseconds per query, wall clock / CPU time of the process (the CPU time is the "
                 "less disturbed by other jobs); sizes of the written index.", "",
                 "| dim | chunks | exact: ms | exact: MiB | HNSW: ms | HNSW recall@10 vs exact | "
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     if args.update_benchmarks:
         bench = ROOT / "BENCHMARKS.md"
-        body = ("## Training-data retrieval (issue 11)\n\n`python scripts/bench_retrieval.py` on the default model "
+        body = ("### Training-data retrieval\n\n`python scripts/bench_retrieval.py` on the default model "
                 "(fp32, CPU) and its shipped WordNet training corpus.\n\n" + md)
         bench.write_text(replace_section(bench.read_text(encoding="utf-8"), START, END, body), encoding="utf-8")
     return 0

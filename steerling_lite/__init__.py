@@ -21,6 +21,8 @@ from .interpret.embeddings import embed, embed_all
 from .interpret.index_build import BuildReport, add_to_index, build_index
 from .interpret.retrieval import Neighbour, SharedConcept, SpanNeighbours, TrainingIndex, retrieve
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
+from .interpret.occlusion import OcclusionAttribution, OcclusionCost, occlusion, span_positions
+from .interpret.prompt_units import GRANULARITIES, PromptUnit, prompt_units
 from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
 from .generation.trace import GenerationTrace, StepTrace
 
@@ -61,6 +63,10 @@ __all__ += ["build_prompt"]
 __all__ += [  # training-data retrieval (issue 11)
     "TrainingIndex", "retrieve", "build_index", "add_to_index", "BuildReport", "SpanNeighbours", "Neighbour",
     "SharedConcept", "RetrievalError",
+]
+
+__all__ += [  # occlusion input attribution (issue 11)
+    "occlusion", "OcclusionAttribution", "OcclusionCost", "span_positions", "PromptUnit", "prompt_units", "GRANULARITIES",
 ]
 
 # what the app needs besides the above (issue 10)

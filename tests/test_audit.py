@@ -17,6 +17,7 @@ from steerling_lite.interpret import index_build
 from steerling_lite.interpret.audit import audit_span, span_inputs, suppression, top_known
 from steerling_lite.interpret.index_build import build_index, default_corpus_path
 from steerling_lite.interpret.input_attribution import input_attribution
+from steerling_lite.interpret.occlusion import occlusion
 from steerling_lite.interpret.retrieval import TrainingIndex, retrieve
 from steerling_lite.loading.default_model import shipped_model_dir
 
@@ -54,11 +55,18 @@ def test_the_three_axes_are_the_direct_computations(lm, generated, index):
     audit = audit_span(lm, a, 2, 7, index=index, k=3)
     assert audit.concepts == a.chunks([(p0 + 2, p0 + 7)])[0] and audit.text == audit.concepts.text
     targets = [p for p in a.positions.tolist() if p0 + 2 <= p < p0 + 7]
-    ig = input_attribution(lm, a, targets, n_steps=32).aggregate("prompt", targets=targets)
+    oc = occlusion(lm, a, targets, granularity="word").aggregate("prompt", targets=targets)
+    oc.sort(key=lambda x: -abs(x.score))
+    assert [(x.position, x.text) for x in audit.inputs] == [(x.position, x.text) for x in oc]
+    assert [x.score for x in audit.inputs] == pytest.approx([x.score for x in oc], abs=1e-6)
+    assert audit.input_method == "occlusion" and len(audit.inputs) == 3  # the prompt's three words
+    # integrated gradients on request: per token, each target's scores over their absolute sum, averaged
+    ig = input_attribution(lm, a, targets[:1], n_steps=32).aggregate("prompt", targets=targets[:1])
     ig.sort(key=lambda x: -abs(x.score))
-    assert [x.position for x in audit.inputs] == [x.position for x in ig]
-    assert [x.score for x in audit.inputs] == pytest.approx([x.score for x in ig], abs=1e-6)
-    assert audit.input_method == "ig" and 0 < sum(abs(x.score) for x in audit.inputs) <= 1 + 1e-6
+    by_ig = span_inputs(lm, a, 2, 3, "ig")
+    assert [x.position for x in by_ig] == [x.position for x in ig]
+    assert [x.score for x in by_ig] == pytest.approx([x.score for x in ig], abs=1e-6)
+    assert sum(abs(x.score) for x in by_ig) == pytest.approx(1.0, abs=1e-5)
     assert audit.neighbours == retrieve(lm, index, a, [(2, 7)], 3)[0]
     top = audit.top_known()
     assert top.head == "known" and top.contribution > 0
@@ -105,7 +113,7 @@ def test_cli_audit_prints_three_axes_and_the_suppressed_twin(lm, corpus_lines, t
     assert main(argv + ["--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     audit = out["audit"]
-    assert (audit["start"], audit["end"], audit["input_method"]) == (2, 7, "ig")
+    assert (audit["start"], audit["end"], audit["input_method"]) == (2, 7, "occlusion")
     assert len(audit["inputs"]) == 2 and len(audit["retrieval"]["neighbours"]) == 3
     assert audit["retrieval"]["neighbours"][0]["source"] == str(small)
     known = [c for c in audit["concepts"]["concepts"] if c["head"] == "known"]
@@ -119,7 +127,7 @@ def test_cli_audit_prints_three_axes_and_the_suppressed_twin(lm, corpus_lines, t
     # as text: the three axes, then both answers side by side
     assert main(argv + ["--width", "100"]) == 0
     text = capsys.readouterr().out
-    for part in ("audit of generated tokens 2..6", "concepts:", "  known:", "input units (integrated gradients",
+    for part in ("audit of generated tokens 2..6", "concepts:", "  known:", "input units (occlusion, nats",
                  "training data nearest to tokens 2..6", "as generated", f"{top['label']} suppressed"):
         assert part in text, part
     # a span outside the output: one line, exit 2

@@ -322,6 +322,26 @@ async def test_attribution_of_a_token_and_its_inputs(tiny_ckpt, home):
     assert len(saved.turns[0].attributions) == 2 and saved.turns[0].attributions[0].data["inputs"] == inputs
 
 
+@async_test
+async def test_input_tokens_by_occlusion_or_integrated_gradients(tiny_ckpt, home):
+    """i: occlusion (the default); I: integrated gradients; each saved with its method."""
+    app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await loaded(pilot)
+        set_form(chat, seed=2)
+        await send(pilot, chat, "Attribution test")
+        state = chat.states[0]
+        await pilot.press("ctrl+g", "right", "i")
+        await wait_for(pilot, lambda: state.turn.attributions, what="occlusion inputs")
+        (saved,) = state.turn.attributions
+        assert saved.data["inputs_method"] == "occlusion" and len(saved.data["inputs"]) == len(state.turn.prompt_ids)
+        assert "input tokens (occlusion" in str(chat.query_one("#attr-inputs-body").content)
+        await pilot.press("I")
+        await wait_for(pilot, lambda: saved.data.get("inputs_method") == "ig", what="IG inputs")
+        assert "input tokens (integrated gradients" in str(chat.query_one("#attr-inputs-body").content)
+        assert [r["index"] for r in saved.data["inputs"]] == list(range(len(state.turn.prompt_ids)))
+
+
 # ---------------------------------------------------------------------------------------
 # sessions, export, help, palette
 

@@ -71,9 +71,9 @@ async def test_audit_loop_on_the_default_model(home, small_corpus, tmp_path):
             if k in ("known", "discovered", "epsilon")}
         # inputs: the runtime's input attribution of the same span, strongest first
         p0 = len(turn.prompt_ids)
-        direct = span_inputs(app.lm, state.attribution, state.positions[1] - p0, state.positions[3] - p0 + 1, "ig")
+        direct = span_inputs(app.lm, state.attribution, state.positions[1] - p0, state.positions[3] - p0 + 1)
         assert [(r["index"], r["score"]) for r in data["inputs"]] == [(u.position, u.score) for u in direct[:16]]
-        assert data["input_method"] == "ig" and all(0 <= r["index"] < p0 for r in data["inputs"])
+        assert data["input_method"] == "occlusion" and all(0 <= r["index"] < p0 for r in data["inputs"])
         # training chunks: five, nearest first, from the default model's corpus
         sims = [n["similarity"] for n in data["neighbours"]]
         assert [n["rank"] for n in data["neighbours"]] == [1, 2, 3, 4, 5] and sims == sorted(sims, reverse=True)
@@ -142,6 +142,7 @@ async def test_audit_of_a_model_without_an_index_says_so(tiny_ckpt, home):
         screen = app.screen
         await wait_for(pilot, lambda: audited(screen), timeout=120, what="the three axes")
         assert screen.data["known"] and screen.data["inputs"] and "neighbours" not in screen.data
+        assert screen.data["input_method"] == "occlusion"
         assert "no training-data index for this model" in screen.data["notes"]["neighbours"]
         lists = screen.query_one("#audit-neighbours", OptionList)
         assert "no training-data index" in str(lists.get_option_at_index(0).prompt)
@@ -151,6 +152,12 @@ async def test_audit_of_a_model_without_an_index_says_so(tiny_ckpt, home):
         await pilot.press("s")
         assert "only known concepts can be steered" in str(screen.query_one("#audit-status").content)
         assert "suppressed" not in screen.data and isinstance(app.screen, AuditScreen)
+        # g: the input units again, by integrated gradients (per prompt token)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: not screen.running and screen.data["input_method"] == "ig", timeout=120,
+                       what="inputs by integrated gradients")
+        assert len(screen.data["inputs"]) == min(16, len(screen.target.turn.prompt_ids))
+        assert "integrated gradients" in str(screen.query_one("#audit-inputs-head").content)
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 concept / input-token attribution of a span of an answer.
 
 Runs on ``steerling_lite``'s top-level names (:class:`ConceptCatalog`,
-:class:`SteeringBuilder`, :class:`AttributionRecorder`, :func:`input_attribution`);
+:class:`SteeringBuilder`, :class:`AttributionRecorder`, :func:`occlusion`, :func:`input_attribution`);
 bad input raises :class:`tui.backend.BackendError` with a message the app shows.
 """
 
@@ -27,6 +27,7 @@ from steerling_lite import (
     Steerling,
     SteerlingError,
     input_attribution,
+    occlusion,
     require_interpretable,
 )
 
@@ -234,14 +235,19 @@ def attribute_span(attribution: ConceptAttribution, positions: Sequence[int], st
 
 
 def attribute_inputs(lm: Steerling, attribution: ConceptAttribution, position: int,
-                     n_steps: int = 32) -> list[dict[str, Any]]:
-    """Integrated-gradients score of each prompt token for the token committed at absolute
-    ``position``, on the sequence the model read when it committed it (``n_steps`` extra
-    forward/backward passes: call from a worker thread).
+                     n_steps: int = 32, method: str = "occlusion") -> list[dict[str, Any]]:
+    """Score of each prompt token for the token committed at absolute ``position``, on the
+    sequence the model read when it committed it (call from a worker thread): ``method``
+    ``occlusion`` (default: the token's log-probability minus its log-probability with the
+    prompt token masked, nats; one forward pass per prompt token) or ``ig`` (integrated
+    gradients, logit units; ``n_steps`` forward/backward passes).
 
     Returns:
-        ``[{"index", "text", "score"}]`` per prompt token, in prompt order (logit units).
+        ``[{"index", "text", "score"}]`` per prompt token, in prompt order.
     """
+    if method == "occlusion":
+        oc = occlusion(lm, attribution, [position], granularity="token")
+        return [{"index": u.start, "text": u.text, "score": float(s)} for u, s in zip(oc.units, oc.span_scores().tolist())]
     ia = input_attribution(lm, attribution, [position], n_steps=n_steps)
     prompt_len = attribution.prompt_len
     scores = ia.scores[0, :prompt_len].tolist()

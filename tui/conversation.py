@@ -252,9 +252,10 @@ class Conversation:
                           ready=turn.id is not None)
 
     # ---- attribution -----------------------------------------------------------------------
-    def span_request(self, answer: Answer, start: int, end: int, inputs: bool = False) -> SpanRequest:
-        """What attributing tokens ``start..end`` of ``answer`` takes: the saved attribution, a
-        computation, or why neither is possible."""
+    def span_request(self, answer: Answer, start: int, end: int, inputs: bool = False,
+                     method: str = "occlusion") -> SpanRequest:
+        """What attributing tokens ``start..end`` of ``answer`` takes (input tokens by ``method``:
+        ``occlusion`` or ``ig``): the saved attribution, a computation, or why neither is possible."""
         saved = next((a for a in reversed(answer.turn.attributions) if (a.start, a.end) == (start, end)), None)
         reason = ""
         if self.lm is None:
@@ -268,7 +269,7 @@ class Conversation:
                 reason = (f"only answers generated in this run (the last {KEEP_ATTRIBUTION}) keep their attribution "
                           "data; a reopened session shows its saved attributions: regenerate the answer to attribute "
                           "other tokens")
-        return SpanRequest(answer, start, end, inputs, saved, reason)
+        return SpanRequest(answer, start, end, inputs, saved, reason, method)
 
     def attribute(self, req: SpanRequest) -> tuple[dict[str, Any], str]:
         """Worker thread: the attribution data of ``req`` and a note (why the input tokens are
@@ -281,7 +282,9 @@ class Conversation:
         note = ""
         if req.inputs:
             try:
-                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution, answer.positions[req.start])
+                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution, answer.positions[req.start],
+                                                  method=req.method)
+                data["inputs_method"] = req.method
             except SteerlingError as exc:
                 note = f"no input attribution: {exc}"
         return data, note

@@ -96,6 +96,7 @@ class SpanRequest:
         saved: the attribution already saved for this span, if any.
         inputs: the input tokens are wanted too.
         reason: why it cannot be computed now (blank when it can).
+        method: input attribution by ``occlusion`` or ``ig`` (integrated gradients).
     """
 
     answer: Answer
@@ -104,8 +105,10 @@ class SpanRequest:
     inputs: bool
     saved: Attribution | None
     reason: str = ""
+    method: str = "occlusion"
 
     @property
     def cached(self) -> bool:
         """The saved attribution answers it: nothing to compute."""
-        return self.saved is not None and (not self.inputs or bool(self.saved.data.get("inputs")))
+        return self.saved is not None and (not self.inputs or (
+            bool(self.saved.data.get("inputs")) and self.saved.data.get("inputs_method", "ig") == self.method))

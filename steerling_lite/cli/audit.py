@@ -18,6 +18,7 @@ from ..errors import RetrievalError
 from ..generation.steering import SteeringBuilder
 from ..interpret.audit import (DEFAULT_INPUT_METHOD, INPUT_METHODS, METHOD_NAMES, audit_span, span_positions,
                                suppression)
+from ..interpret.prompt_units import GRANULARITIES
 from ..interpret.retrieval import TrainingIndex, output_spans
 from .argtypes import int_arg, non_negative_int, positive_int
 from .explain import explained, print_concepts
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt units shown (default 8; 0 skips input attribution)")
     g.add_argument("--method", choices=INPUT_METHODS, default=DEFAULT_INPUT_METHOD,
                    help=f"input attribution: occlusion or ig (integrated gradients); default {DEFAULT_INPUT_METHOD}")
+    g.add_argument("--granularity", choices=GRANULARITIES, default="word",
+                   help="prompt units occlusion masks (default word; ig always scores tokens)")
     g.add_argument("--ig-steps", type=positive_int, default=32, help="integrated-gradients steps (default 32)")
     g.add_argument("--retrieve", type=non_negative_int, default=5, metavar="K",
                    help="training chunks shown (default 5; 0 skips retrieval)")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     index = TrainingIndex.open(index_path(args, lm), lm) if args.retrieve > 0 else None
     try:
         audit = audit_span(lm, attribution, start, end, inputs=args.inputs > 0, method=args.method,
-                           n_steps=args.ig_steps, index=index, k=max(1, args.retrieve))
+                           granularity=args.granularity, n_steps=args.ig_steps, index=index,
+                           k=max(1, args.retrieve))
     finally:
         if index is not None:
             index.close()
@@ -108,7 +112,8 @@ def print_audit(audit, top: int, inputs: int) -> None:
     print_concepts(audit.concepts, top)
     if audit.input_method:
         shown = audit.inputs[:inputs]
-        print(f"input units ({METHOD_NAMES[audit.input_method]}, share of the span's attribution):")
+        unit = "nats of the span's log-probability" if audit.input_method == "occlusion" else "share of its logits"
+        print(f"input units ({METHOD_NAMES[audit.input_method]}, {unit}):")
         print("  " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in shown) or "-"))
     if audit.neighbours is not None:
         print_neighbours([audit.neighbours], indent="")

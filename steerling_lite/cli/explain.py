@@ -8,6 +8,7 @@ import sys
 
 from ..interpret.attribution import explain_stream
 from ..interpret.concepts import ConceptCatalog
+from ..interpret.prompt_units import GRANULARITIES
 from ..errors import GenerationError
 from .argtypes import non_negative_int, positive_int
 from .common import load_model
@@ -26,7 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "else $STEERLING_CONCEPTS_PATH, else 'known #id' labels)")
     g.add_argument("--top", type=positive_int, default=5, help="concepts shown per head and chunk / token (default 5)")
     g.add_argument("--inputs", type=non_negative_int, default=0, metavar="N",
-                   help="also show the N prompt tokens that most caused each chunk (integrated gradients; slower)")
+                   help="also show the N prompt units that most caused each chunk (see --method; slower)")
+    g.add_argument("--method", choices=("occlusion", "ig"), default="occlusion",
+                   help="input attribution for --inputs: occlusion (each prompt unit replaced by the mask token, "
+                        "change in the chunk's log-probability; default) or ig (integrated gradients per token)")
+    g.add_argument("--granularity", choices=GRANULARITIES, default="word",
+                   help="prompt units occlusion masks (default word; ig always scores tokens)")
     g.add_argument("--ig-steps", type=positive_int, default=32, help="integrated-gradients steps for --inputs (default 32)")
     g.add_argument("--json", action="store_true", help="print per-token records (and chunks) as one JSON object")
     g.add_argument("--csv", metavar="FILE", help="also write the per-token decomposition as CSV to FILE")
@@ -36,6 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _fmt_concepts(concepts, n: int) -> str:
     return ", ".join(f"{c.label} {c.contribution:+.4f}" for c in concepts[:n]) or "-"
+
+
+def _input_attribution(lm, attribution, args: argparse.Namespace):
+    """``--inputs``: occlusion (its cost printed and a progress bar on stderr) or integrated gradients."""
+    if args.method == "ig":
+        from ..interpret.input_attribution import input_attribution
+
+        return input_attribution(lm, attribution, n_steps=args.ig_steps)
+    from ..interpret.occlusion import occlusion
+
+    return occlusion(lm, attribution, granularity=args.granularity, progress=True)
 
 
 def print_concepts(c, top: int, indent: str = "  ") -> None:
@@ -70,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     chunks = attribution.chunks()
     inputs = None
     if args.inputs > 0:
-        from ..interpret.input_attribution import input_attribution
-
-        inputs = input_attribution(lm, attribution, n_steps=args.ig_steps)
+        inputs = _input_attribution(lm, attribution, args)
     found = neighbours(args, lm, attribution)
     if args.csv:
         attribution.to_csv(args.csv)
@@ -96,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         if inputs is not None:
             targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
             top_in = inputs.aggregate("prompt", top=args.inputs, targets=targets)
-            print("  inputs:     " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in top_in) or "-"))
+            unit = "nats" if inputs.method == "occlusion" else "logit"
+            print(f"  inputs ({inputs.method}, {unit}): " + (", ".join(f"{x.text!r} {x.score:+.3f}" for x in top_in) or "-"))
         if found is not None and args.span is None:
             print_neighbours(found, c.start - attribution.prompt_len, c.end - attribution.prompt_len)
         print()

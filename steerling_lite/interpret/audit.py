@@ -7,8 +7,8 @@ them for one span of generated tokens:
    from the passes that committed its tokens
    (:meth:`~steerling_lite.interpret.attribution_result.ConceptAttribution.chunks`);
 2. **input units**: the prompt units whose replacement by the mask token (the learned
-   blank) changes the span most (occlusion), or integrated gradients on request
-   (:func:`span_inputs`: the one place the method is chosen);
+   blank) changes the span's log-probability most (occlusion), or integrated gradients on
+   request (:func:`span_inputs`: the one place the method is chosen);
 3. **training chunks**: the training text the span most resembles
    (:func:`~steerling_lite.interpret.retrieval.retrieve`, with the known concepts they share);
 
@@ -29,10 +29,11 @@ from ..errors import ConceptError
 from ..generation.steering import Steering
 from .chunks import ChunkAttribution, ChunkConcept
 from .input_attribution import InputScore, input_attribution
+from .occlusion import occlusion
 from .retrieval import SpanNeighbours, TrainingIndex, retrieve, span_ids
 
 INPUT_METHODS = ("occlusion", "ig")
-DEFAULT_INPUT_METHOD = "ig"  # becomes "occlusion" once occlusion input attribution is in (issue 11, part A)
+DEFAULT_INPUT_METHOD = "occlusion"
 METHOD_NAMES = {"occlusion": "occlusion", "ig": "integrated gradients"}
 
 
@@ -60,27 +61,31 @@ def span_concepts(attribution, start: int, end: int) -> ChunkAttribution:
 
 
 def span_inputs(lm, attribution, start: int, end: int, method: str = DEFAULT_INPUT_METHOD, *,
-                n_steps: int = 32) -> list[InputScore]:
+                granularity: str = "word", n_steps: int = 32) -> list[InputScore]:
     """The prompt units behind generated tokens ``[start, end)``, largest ``|score|`` first (a
     positive score pushed the span's tokens, a negative one pulled away from them).
 
-    ``ig``: integrated gradients (:func:`~steerling_lite.interpret.input_attribution.input_attribution`,
-    ``n_steps`` forward + backward passes per token of the span), each token's prompt scores
-    divided by their absolute sum and averaged over the span (the reference's chunk
-    aggregation), so scores are signed fractions. ``occlusion``: each prompt unit replaced by
-    the mask token.
+    ``occlusion`` (:func:`~steerling_lite.interpret.occlusion.occlusion`): each prompt unit
+    (``granularity``: token, word, sentence or line) replaced by the mask token; its score is
+    the span's log-probability minus that with the unit masked (nats), in the passes that
+    committed the span. ``ig``: integrated gradients
+    (:func:`~steerling_lite.interpret.input_attribution.input_attribution`, ``n_steps``
+    forward + backward passes per token of the span) of each prompt token, each token's
+    scores divided by their absolute sum and averaged over the span (the reference's chunk
+    aggregation), so scores are signed fractions.
 
     Raises:
-        ConceptError: an unknown method, or a method this build does not have;
+        ConceptError: an unknown method or granularity;
         RetrievalError: a span outside the output.
     """
     if method not in INPUT_METHODS:
         raise ConceptError(f"input attribution method {method!r}: expected one of {', '.join(INPUT_METHODS)}")
     positions = span_positions(attribution, start, end)
     if method == "occlusion":
-        raise ConceptError("occlusion input attribution is not in this build yet; use the method 'ig'")
-    ia = input_attribution(lm, attribution, positions, n_steps=n_steps)
-    return sorted(ia.aggregate("prompt", targets=positions), key=lambda x: -abs(x.score))
+        found = occlusion(lm, attribution, positions, granularity=granularity)
+    else:
+        found = input_attribution(lm, attribution, positions, n_steps=n_steps)
+    return sorted(found.aggregate("prompt", targets=positions), key=lambda x: -abs(x.score))
 
 
 def span_neighbours(lm, index: TrainingIndex, attribution, start: int, end: int, k: int = 5) -> SpanNeighbours:
@@ -156,14 +161,14 @@ class SpanAudit:
 
 
 def audit_span(lm, attribution, start: int, end: int, *, inputs: bool = True,
-               method: str = DEFAULT_INPUT_METHOD, n_steps: int = 32, index: TrainingIndex | None = None,
-               k: int = 5) -> SpanAudit:
+               method: str = DEFAULT_INPUT_METHOD, granularity: str = "word", n_steps: int = 32,
+               index: TrainingIndex | None = None, k: int = 5) -> SpanAudit:
     """The audit of generated tokens ``[start, end)`` of a recorded generation.
 
     Args:
         lm: the model that generated.
         attribution: the generation's :class:`~steerling_lite.ConceptAttribution` (``explain``).
-        inputs: compute the input units (``method``, ``n_steps``: see :func:`span_inputs`).
+        inputs: compute the input units (``method``, ``granularity``, ``n_steps``: see :func:`span_inputs`).
         index: a training-data index of ``lm`` for the neighbours (None: no neighbours).
         k: neighbours.
 
@@ -172,6 +177,7 @@ def audit_span(lm, attribution, start: int, end: int, *, inputs: bool = True,
         ConceptError: a bad input method.
     """
     concepts = span_concepts(attribution, start, end)
-    units = tuple(span_inputs(lm, attribution, start, end, method, n_steps=n_steps)) if inputs else ()
+    units = (tuple(span_inputs(lm, attribution, start, end, method, granularity=granularity, n_steps=n_steps))
+             if inputs else ())
     found = span_neighbours(lm, index, attribution, start, end, k) if index is not None else None
     return SpanAudit(start, end, concepts, units, method if inputs else "", found)

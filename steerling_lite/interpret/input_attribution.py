@@ -43,21 +43,46 @@ from .attribution import ConceptAttribution, ExplainedStream, GenerationTrace
 
 @dataclass(frozen=True)
 class InputScore:
-    """An input position's integrated-gradients score (logit units)."""
+    """An input position's score: integrated gradients (logit units), or occlusion (nats), where it
+    scores a unit of positions ``[position, end)`` (``token_id``: its first token; -1 for an empty unit)."""
 
     position: int
     token_id: int
     text: str
     kind: str  # "prompt" or "generated"
     score: float
+    end: int | None = None  # occlusion: one past the unit's last position
 
     def to_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "token_id": self.token_id, "text": self.text, "kind": self.kind,
-                "score": self.score}
+        out = {"position": self.position, "token_id": self.token_id, "text": self.text, "kind": self.kind,
+               "score": self.score}
+        if self.end is not None:
+            out["end"] = self.end
+        return out
+
+
+class TargetRows:
+    """What input attribution results share: rows of targets at absolute ``positions`` ``(N,)``,
+    token texts from ``tokenizer`` (ids as text without one)."""
+
+    positions: Tensor
+    tokenizer: Any
+
+    def __len__(self) -> int:
+        return int(self.positions.numel())
+
+    def _row(self, position: int) -> int:
+        hits = (self.positions == int(position)).nonzero()
+        if hits.numel() == 0:
+            raise KeyError(f"no attributed target at position {position}")
+        return int(hits[0, 0])
+
+    def _text(self, token_id: int) -> str:
+        return self.tokenizer.token_text(token_id) if self.tokenizer is not None else str(token_id)
 
 
 @dataclass
-class InputAttribution:
+class InputAttribution(TargetRows):
     """Integrated-gradients scores of input positions for committed target tokens.
 
     Attributes:
@@ -83,24 +108,13 @@ class InputAttribution:
     n_steps: int
     trace: GenerationTrace
     tokenizer: Any = None
-
-    def __len__(self) -> int:
-        return int(self.positions.numel())
+    method = "ig"
 
     @property
     def completeness_gap(self) -> Tensor:
         """``(N,)`` ``|Σ_t scores - (target_logit - baseline_logit)|``: the Riemann-sum error, which
         shrinks as ``n_steps`` grows."""
         return (self.scores.sum(-1) - (self.target_logits - self.baseline_logits)).abs()
-
-    def _row(self, position: int) -> int:
-        hits = (self.positions == int(position)).nonzero()
-        if hits.numel() == 0:
-            raise KeyError(f"no attributed target at position {position}")
-        return int(hits[0, 0])
-
-    def _text(self, token_id: int) -> str:
-        return self.tokenizer.token_text(token_id) if self.tokenizer is not None else str(token_id)
 
     def for_token(self, position: int, top: int | None = None, scope: str = "all") -> list[InputScore]:
         """Input positions ranked by ``|score|`` for the target at absolute ``position``;
@@ -160,7 +174,7 @@ class InputAttribution:
         """JSON-able: per target its ``top`` input positions and the completeness gap."""
         gap = self.completeness_gap.tolist()
         return {
-            "n_steps": self.n_steps,
+            "method": self.method, "n_steps": self.n_steps,
             "targets": [
                 {"position": int(p), "token_id": int(t), "text": self._text(int(t)), "step": int(s),
                  "logit": float(lg), "baseline_logit": float(b), "completeness_gap": g,
@@ -171,7 +185,12 @@ class InputAttribution:
         }
 
 
-def _trace_of(source) -> GenerationTrace:
+def trace_of(source) -> GenerationTrace:
+    """The :class:`GenerationTrace` of ``source`` (a trace, :class:`ConceptAttribution` or :class:`ExplainedStream`).
+
+    Raises:
+        TypeError: anything else.
+    """
     if isinstance(source, GenerationTrace):
         return source
     if isinstance(source, ConceptAttribution):
@@ -179,6 +198,21 @@ def _trace_of(source) -> GenerationTrace:
     if isinstance(source, ExplainedStream):
         return source.recorder.trace
     raise TypeError(f"expected a GenerationTrace, ConceptAttribution or ExplainedStream, got {type(source).__name__}")
+
+
+def check_targets(trace: GenerationTrace, positions: Iterable[int] | None) -> list[int]:
+    """The targets' absolute positions, sorted and distinct (default: every committed token).
+
+    Raises:
+        ConceptError: a position where no token was committed.
+    """
+    if positions is None:
+        return sorted(trace.committed)
+    targets = sorted({int(p) for p in positions})
+    missing = [p for p in targets if p not in trace.committed]
+    if missing:
+        raise ConceptError(f"no token was committed at position {missing[0]} (prompt {trace.prompt_len} tokens)")
+    return targets
 
 
 def _usable_rope(transformer) -> None:
@@ -215,19 +249,13 @@ def input_attribution(
         ConceptError: ``n_steps`` / ``batch_size`` not positive, a position with no committed
             token, or a generation with classifier-free guidance.
     """
-    trace = _trace_of(source)
+    trace = trace_of(source)
     for name, v in (("n_steps", n_steps), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConceptError(f"{name} is {v!r}; expected a positive integer")
     if trace.cfg_scale > 0:
         raise ConceptError("input attribution with classifier-free guidance (cfg_scale > 0) is not supported")
-    if positions is None:
-        targets = sorted(trace.committed)
-    else:
-        targets = sorted({int(p) for p in positions})
-        missing = [p for p in targets if p not in trace.committed]
-        if missing:
-            raise ConceptError(f"no token was committed at position {missing[0]} (prompt {trace.prompt_len} tokens)")
+    targets = check_targets(trace, positions)
     model = lm.model
     tf = model.transformer
     device = model.lm_head_weight.device

@@ -54,12 +54,12 @@ def concept_options(data: dict[str, Any]) -> list[Option]:
 
 
 def input_options(data: dict[str, Any]) -> list[Option]:
-    """The input units, strongest first: ``+0.312  ' city'  prompt token 4``."""
+    """The input units, strongest first: ``+0.312  ' city'  at prompt token 4`` (a unit's first token)."""
     out = []
     for r in data.get("inputs") or []:
         text = Text(f"{float(r['score']):+7.3f}  ", "green" if float(r["score"]) >= 0 else "red")
         text.append(repr(clean(str(r["text"]))), "bold")
-        text.append(f"  prompt token {r['index']}", "dim")
+        text.append(f"  at prompt token {r['index']}", "dim")
         out.append(Option(text, id=f"input:{len(out)}"))
     return out
 

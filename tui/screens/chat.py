@@ -296,7 +296,7 @@ class ChatScreen(JobRunner, Screen):
     def _attribute_request(self, event: OutputView.AttributeRequest) -> None:
         state = self._state_for(event.view)
         if state is not None:
-            self.attribute(state, event.start, event.end, event.inputs)
+            self.attribute(state, event.start, event.end, event.inputs, event.method)
 
     @on(AttributionPanel.InputsRequest)
     def _inputs_request(self) -> None:
@@ -304,14 +304,14 @@ class ChatScreen(JobRunner, Screen):
             answer, view, start = self._attr_target
             self.attribute(TurnState(answer, view), start, start + 1, inputs=True)
 
-    def attribute(self, state: TurnState, start: int, end: int, inputs: bool = False) -> None:
+    def attribute(self, state: TurnState, start: int, end: int, inputs: bool = False, method: str = "occlusion") -> None:
         """Concept attribution of answer tokens ``start..end`` shown in the panel (and saved);
-        with ``inputs``, also the input tokens behind token ``start`` (integrated gradients)."""
+        with ``inputs``, also the input tokens behind token ``start`` (``method``: ``occlusion`` or ``ig``)."""
         panel = self.query_one(AttributionPanel)
         self.action_tab("tab-attr")
         state.view.output.focus()
         self._attr_target = (state.answer, state.view, start)
-        req = self.conversation.span_request(state.answer, start, end, inputs)
+        req = self.conversation.span_request(state.answer, start, end, inputs, method)
         if req.reason:
             if req.saved is not None:
                 panel.show(req.saved.data, (start, end), note="saved attribution")

@@ -30,7 +30,7 @@ SECTIONS = [
     ("Answer tokens",
      "Tab to an answer (or ctrl+g). left/right moves, shift+left/right extends the selection, home/end "
      "jump, enter attributes the selection to concepts, i finds the input tokens behind the token under "
-     "the cursor (integrated gradients: extra passes)."),
+     "the cursor (occlusion: one extra pass per prompt token; I: integrated gradients)."),
     ("Steering (f3)",
      "Type a concept name, words of its description, or #id; enter adds the best match (or pick from "
      "the list). On a concept: left/right changes its strength by 1 (shift: by 5) from -10 (suppress) to "

@@ -81,10 +81,11 @@ class AttributionPanel(VerticalScroll):
             text.append(" of the logit unexplained by concepts\n", "dim")
         body.update(text)
         self.query_one("#attr-inputs", Button).disabled = False
-        self.show_inputs(data.get("inputs"))
+        self.show_inputs(data.get("inputs"), method=data.get("inputs_method", "ig"))
 
-    def show_inputs(self, inputs: list[dict[str, Any]] | None, note: str = "") -> None:
-        """``inputs``: ``[{"index", "text", "score"}]`` for the prompt tokens."""
+    def show_inputs(self, inputs: list[dict[str, Any]] | None, note: str = "", method: str = "occlusion") -> None:
+        """``inputs``: ``[{"index", "text", "score"}]`` for the prompt tokens, scored by ``method``
+        (``occlusion`` or ``ig``)."""
         out = self.query_one("#attr-inputs-body", Static)
         if note:
             out.update(Text(note, style="dim"))
@@ -96,7 +97,8 @@ class AttributionPanel(VerticalScroll):
         peak = max(abs(float(r["score"])) for r in top) or 1.0
         rows = [{"label": repr(clean(str(r["text"])))[1:-1] or "∅", "share": float(r["score"]) / peak} for r in top]
         width = max(24, self.size.width - 2) if self.size.width else 32
-        text = bar_rows("input tokens (integrated gradients, scaled)", rows, width)
+        name = "integrated gradients" if method == "ig" else "occlusion"
+        text = bar_rows(f"input tokens ({name}, scaled)", rows, width)
         out.update(text)
 
     @on(Button.Pressed, "#attr-inputs")

@@ -52,6 +52,7 @@ class OutputView(Static, can_focus=True):
         Binding("end", "jump(-1)", "Last", show=False),
         Binding("enter", "attribute", "Attribute"),
         Binding("i", "inputs", "Input tokens"),
+        Binding("I", "inputs('ig')", "Input tokens (integrated gradients)", show=False),
         Binding("a", "audit", "Audit", show=False),  # in the help, the palette and the attribution hint
     ]
 
@@ -59,12 +60,13 @@ class OutputView(Static, can_focus=True):
     anchor: reactive[int | None] = reactive(None)
 
     class AttributeRequest(Message):
-        """Attribute tokens ``start..end`` (exclusive) of this answer; ``inputs``: also the input tokens."""
+        """Attribute tokens ``start..end`` (exclusive) of this answer; ``inputs``: also the input tokens,
+        by ``method`` (``occlusion`` or ``ig``)."""
 
-        def __init__(self, view: OutputView, start: int, end: int, inputs: bool) -> None:
+        def __init__(self, view: OutputView, start: int, end: int, inputs: bool, method: str = "occlusion") -> None:
             super().__init__()
             self.view = view
-            self.start, self.end, self.inputs = start, end, inputs
+            self.start, self.end, self.inputs, self.method = start, end, inputs, method
 
     class AuditRequest(Message):
         """Audit tokens ``start..end`` (exclusive) of this answer: concepts, input units, training chunks."""
@@ -152,10 +154,10 @@ class OutputView(Static, can_focus=True):
             start, end = self.selection
             self.post_message(self.AttributeRequest(self, start, end, inputs=False))
 
-    def action_inputs(self) -> None:
+    def action_inputs(self, method: str = "occlusion") -> None:
         if self.tokens:
             self.anchor = None  # input attribution is per token: select just the one under the cursor
-            self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True))
+            self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True, method=method))
 
     def action_audit(self) -> None:
         if self.tokens:
