@@ -69,6 +69,11 @@ __all__ += [  # occlusion input attribution (issue 11)
     "occlusion", "OcclusionAttribution", "OcclusionCost", "span_positions", "PromptUnit", "prompt_units", "GRANULARITIES",
 ]
 
+# discovered concepts a person can read (issue 11)
+from .interpret.discovered import ActivatingChunk, DiscoveredConcepts, DiscoveredDescription  # noqa: E402
+
+__all__ += ["DiscoveredConcepts", "DiscoveredDescription", "ActivatingChunk"]
+
 # what the app needs besides the above (issue 10)
 from .errors import require_interpretable  # noqa: E402
 from .generation.steering import AMPLIFY_TARGET  # noqa: E402

@@ -65,6 +65,7 @@ class Steerling:
         self.quant_config = quant_config
         self.quant: str = quant_config.method if quant_config is not None else "none"
         self.plan = plan
+        self._discovered = None  # DiscoveredConcepts, made on first use
 
     @classmethod
     def load(
@@ -165,6 +166,21 @@ class Steerling:
     ) -> GenerationResult:
         """Generate to the end; see :meth:`stream`."""
         return self.stream(prompt, config, steering, chat=chat).run()
+
+    # ---- interpretation -------------------------------------------------------------------
+    def discovered_concepts(self):
+        """Descriptions of this model's discovered concepts (one shared
+        :class:`~steerling_lite.interpret.discovered.DiscoveredConcepts`, cached per model in the
+        data dir); what :meth:`ConceptCatalog.for_model` labels them with.
+
+        Raises:
+            ConceptError: the model has no discovered-concept head.
+        """
+        from .interpret.discovered import DiscoveredConcepts
+
+        if self._discovered is None:
+            self._discovered = DiscoveredConcepts(self)
+        return self._discovered
 
     # ---- sizes ---------------------------------------------------------------------------
     def parameter_bytes(self) -> dict[str, tuple[int, int]]:

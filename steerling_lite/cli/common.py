@@ -70,15 +70,16 @@ def quant_arg(args: argparse.Namespace) -> str | QuantConfig | None:
 
 
 @contextmanager
-def byte_progress(desc: str, enabled: bool = True) -> Iterator[Progress | None]:
-    """A tqdm bar in bytes on stderr (only when stderr is a terminal), as a loader ``progress``
-    callback ``(bytes_done, bytes_total, tensor_name)``; None when disabled."""
+def byte_progress(desc: str, enabled: bool = True, unit: str = "B") -> Iterator[Progress | None]:
+    """A tqdm bar in bytes (or in ``unit``, counted) on stderr (only when stderr is a terminal),
+    as a loader ``progress`` callback ``(bytes_done, bytes_total, tensor_name)``; None when disabled."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, file=sys.stderr, leave=False)
+    scale = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
+    bar = tqdm(total=0, unit=unit, desc=desc, file=sys.stderr, leave=False, **scale)
 
     def progress(done: int, total: int, name: str) -> None:
         bar.total = total

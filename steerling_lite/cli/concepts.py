@@ -1,16 +1,22 @@
-"""``steerling-lite concepts``: search the concept catalog, show a concept, find concepts aligned with a token."""
+"""``steerling-lite concepts``: search the concept catalog, show a concept, find concepts aligned with a
+token, describe discovered concepts (the tokens they promote, the training chunks that activate them)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import textwrap
 
 from ..errors import ConceptError
 from ..interpret.concept_tokens import concept_top_tokens, concepts_for_token
 from ..interpret.concepts import ConceptCatalog, find_labels_file
+from ..interpret.discovered import TOP_CHUNKS, TOP_TOKENS
+from ..interpret.index_build import is_default_model
 from ..loading.hub import resolve_model_dir
 from .argtypes import non_negative_int, positive_int
-from .common import add_model_args, load_model
+from .common import add_model_args, byte_progress, load_model
+from .index import index_path
 
 
 def _labels_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +56,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     _labels_args(t)
     t.set_defaults(func=run_token)
 
+    d = csub.add_parser("describe", help="what discovered concepts do: the tokens they promote and the "
+                                         "training chunks that activate them most")
+    d.add_argument("concept_ids", type=non_negative_int, nargs="+", metavar="ID", help="discovered concept ids")
+    _describe_args(d)
+    d.set_defaults(func=run_describe)
+
+    a = csub.add_parser("discovered", help="every discovered concept with the tokens it promotes "
+                                           "(and, with --chunks N, its top training chunks)")
+    _describe_args(a, default_chunks=0)
+    a.set_defaults(func=run_describe)
+
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _describe_args(p: argparse.ArgumentParser, default_chunks: int = TOP_CHUNKS) -> None:
+    add_model_args(p)
+    p.add_argument("--tokens", type=positive_int, default=TOP_TOKENS,
+                   help=f"top promoted tokens to show (default {TOP_TOKENS})")
+    p.add_argument("--chunks", type=non_negative_int, default=default_chunks, metavar="N",
+                   help=f"top-activating training chunks to show (default {default_chunks}; needs an index: "
+                        "the default model's own, built on first use, or --index)")
+    p.add_argument("--index", metavar="INDEX", help="training-data index whose chunks are scanned "
+                                                    "(`steerling-lite index build`)")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="scan only the index's first N chunks (a big corpus; default all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _catalog_without_model(args: argparse.Namespace) -> ConceptCatalog:
@@ -116,4 +147,58 @@ def run_token(args: argparse.Namespace) -> int:
         return 0
     for h in hits:
         print(f"{h.head:10} {h.concept_id:>7}  {h.score:+.4f}  {h.label}")
+    return 0
+
+
+def _descriptions(args: argparse.Namespace, ids: list[int] | None) -> list:
+    """Load the model; the descriptions of ``ids`` (default every discovered concept), with the
+    top chunks of ``--index`` or the default model's index when ``--chunks`` asks for them."""
+    lm = load_model(args, quiet=True)
+    disc = lm.discovered_concepts()
+    ids = list(range(disc.n_concepts)) if ids is None else ids
+    for cid in ids:
+        disc.check_id(cid)
+    index = None
+    if args.chunks > 0:
+        if args.index or is_default_model(lm):
+            index = index_path(args, lm)
+        else:
+            print("steerling-lite: no training-data index for this model: showing the tokens only (pass --index "
+                  "INDEX for its top-activating chunks)", file=sys.stderr)
+    elif args.index or args.limit:
+        raise ConceptError("--index and --limit go with --chunks N (N > 0)")
+    with byte_progress("scanning chunks", unit="chunk") as bar:
+        def progress(done: int, total: int) -> None:
+            if done == 0:
+                print(f"steerling-lite: scanning {total} training chunks for every discovered concept's top chunks "
+                      "(once; cached)", file=sys.stderr)
+            if bar:
+                bar(done, total, "")
+
+        return [disc.describe(cid, index, args.tokens, args.chunks, args.limit, progress) for cid in ids]
+
+
+def _print_description(d, brief: bool) -> None:
+    tokens = ", ".join(f"{t.text!r} {t.score:+.3f}" for t in d.top_tokens)
+    if brief:
+        print(f"{d.concept_id:>6}  {json.dumps(d.summary, ensure_ascii=False):24}  {tokens}")
+    else:
+        print(f"discovered concept {d.concept_id}: {d.label}")
+        print(f"  promotes: {tokens}")
+    for i, c in enumerate(d.top_chunks or (), 1):
+        text = textwrap.shorten(c.text, 70, placeholder=" ...")
+        print(f"{'':8}{i}. {c.activation:.3f} at {c.peak!r}  {c.source}:{c.line}  {text!r}")
+    if not brief and d.top_chunks == ():
+        print("  no chunk of the index activates it")
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    """``concepts describe ID...`` (full) and ``concepts discovered`` (every concept, one line each)."""
+    ids = getattr(args, "concept_ids", None)
+    found = _descriptions(args, ids)
+    if args.json:
+        print(json.dumps([d.to_dict() for d in found], ensure_ascii=False))
+        return 0
+    for d in found:
+        _print_description(d, brief=ids is None)
     return 0

@@ -14,7 +14,8 @@ are numbered after the known ones (the reference labels discovered concept ``d``
 row ``n_concepts + d``, ``steerling==0.2.0`` ``chunk_attribution``); a table whose
 ``unknown`` rows all have ids ``>= n_concepts`` is read that way, otherwise its
 discovered ids are taken as head-local. Concepts without a row get the fallback
-labels ``known #id`` / ``discovered #id``.
+labels ``known #id`` / ``discovered #id``, or for a loaded model's discovered concepts the
+tokens each promotes, ``discovered #3 "dog, cat, horse"`` (:mod:`.discovered`).
 
 Search ranks by whole-word matches of the query's words, three points per match in
 the name and one in the description, as the reference's ``ConceptCatalog.search``.
@@ -29,7 +30,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,12 @@ def fallback_label(concept_id: int, head: str = "known") -> str:
     return f"{normalize_head(head)} #{int(concept_id)}"
 
 
+def discovered_label(concept_id: int, summary: str | None) -> str:
+    """``discovered #3 "dog, cat, horse"``: an unlabelled discovered concept with the tokens it promotes."""
+    plain = fallback_label(concept_id, "discovered")
+    return f'{plain} "{summary}"' if summary else plain
+
+
 @dataclass(frozen=True)
 class Concept:
     """One concept of the catalog.
@@ -75,7 +82,8 @@ class Concept:
         concept_id: id within its head (what steering and attribution use).
         head: ``known`` or ``discovered``.
         name, description: from the labels file; for an unlabelled concept the fallback
-            label and an empty description.
+            label (a discovered one's with its top tokens, see :func:`discovered_label`) and
+            an empty description (a discovered one's: the tokens it promotes).
         group_id, group_name: the public concept group, or None.
         is_steerable, is_tone, is_alignment, is_demographic: the published flags.
         labelled: False for a fallback entry (no row in the file).
@@ -96,7 +104,7 @@ class Concept:
     @property
     def label(self) -> str:
         """Display label: the name, or ``known #id`` / ``discovered #id`` without one."""
-        return self.name if self.labelled and self.name else fallback_label(self.concept_id, self.head)
+        return self.name or fallback_label(self.concept_id, self.head)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every field plus ``label``."""
@@ -300,13 +308,17 @@ class ConceptCatalog:
         n_known, n_discovered: the model's concept counts, when known: ids outside them are
             rejected by :meth:`get`, and ids inside them without a row get fallback entries.
         source: the file the labels came from (None: no file).
+        describe_discovered: ``id -> "dog, cat, horse"`` (or None) for discovered concepts without a
+            row (:meth:`for_model`: the tokens each promotes in the loaded weights).
     """
 
     def __init__(self, concepts: Iterable[Concept] = (), n_known: int | None = None,
-                 n_discovered: int | None = None, source: Path | None = None):
+                 n_discovered: int | None = None, source: Path | None = None,
+                 describe_discovered: Callable[[int], str | None] | None = None):
         self._rows: dict[tuple[str, int], Concept] = {(c.head, c.concept_id): c for c in concepts}
         self.n_known, self.n_discovered = n_known, n_discovered
         self.source = source
+        self.describe_discovered = describe_discovered
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -318,7 +330,9 @@ class ConceptCatalog:
     def for_model(cls, lm, path: str | Path | None = None) -> ConceptCatalog:
         """The catalog of a loaded :class:`~steerling_lite.Steerling` (or a checkpoint directory):
         ``path``, else the labels file in the model directory, else ``$STEERLING_CONCEPTS_PATH``,
-        else an empty catalog of fallback labels."""
+        else an empty catalog of fallback labels. A loaded model with a discovered head also gets
+        descriptions of its discovered concepts (computed on first use, cached per model:
+        :class:`~steerling_lite.interpret.discovered.DiscoveredConcepts`)."""
         from ..loading.config import load_config
 
         if isinstance(lm, (str, Path)):
@@ -330,9 +344,9 @@ class ConceptCatalog:
         n_known = c.n_concepts if c is not None else None
         n_disc = (c.n_unknown_concepts if c is not None and c.n_unknown_padded else 0) if c is not None else None
         found = find_labels_file(model_dir, path)
-        if found is None:
-            return cls((), n_known, n_disc, None)
-        return cls(read_concept_labels(found, n_known), n_known, n_disc, found)
+        rows = read_concept_labels(found, n_known) if found is not None else ()
+        loaded = hasattr(lm, "discovered_concepts") and getattr(lm.model, "unknown_head", None) is not None
+        return cls(rows, n_known, n_disc, found, lm.discovered_concepts().summary if loaded else None)
 
     # ---- lookups ------------------------------------------------------------------------
     def _limit(self, head: Head) -> int | None:
@@ -363,14 +377,23 @@ class ConceptCatalog:
         row = self._rows.get((h, cid))
         if row is not None:
             return row
+        if h == "discovered" and (summary := self._summary(cid)):
+            return Concept(cid, h, discovered_label(cid, summary), f"promotes: {summary}", labelled=False)
         return Concept(cid, h, fallback_label(cid, h), is_steerable=h == "known", labelled=False)
 
     def label(self, concept_id: int, head: str = "known") -> str:
-        """Display label of a concept (fallback ``known #id`` / ``discovered #id``); never raises for
-        a non-negative id."""
+        """Display label of a concept: its name, else ``discovered #3 "dog, cat, horse"`` for a
+        described discovered concept, else ``known #id`` / ``discovered #id``; never raises for a
+        non-negative id. The one label lookup of every display (CLI, records, server, app)."""
         h = normalize_head(head)
-        row = self._rows.get((h, int(concept_id)))
-        return row.label if row is not None else fallback_label(concept_id, h)
+        cid = int(concept_id)
+        row = self._rows.get((h, cid))
+        if row is not None:
+            return row.label
+        return discovered_label(cid, self._summary(cid)) if h == "discovered" else fallback_label(cid, h)
+
+    def _summary(self, concept_id: int) -> str | None:
+        return self.describe_discovered(concept_id) if self.describe_discovered is not None else None
 
     def __contains__(self, key: object) -> bool:
         if isinstance(key, tuple):

@@ -113,15 +113,27 @@ def pooled_batches(lm, sequences: Sequence[Sequence[int]], batch_size: int = 256
     Raises:
         RetrievalError: an empty sequence or one longer than the model's context.
     """
+    for part, ids in length_batches(sequences, lm.config.block_size, batch_size):
+        yield part, pooled_states(lm, ids)
+
+
+def length_batches(sequences: Sequence[Sequence[int]], max_len: int, batch_size: int
+                   ) -> Iterator[tuple[list[int], Tensor]]:
+    """Token sequences grouped by length into ``(N, T)`` long batches of at most ``batch_size``
+    (nothing is padded): ``(indices into sequences, the batch)`` per batch.
+
+    Raises:
+        RetrievalError: an empty sequence or one longer than ``max_len`` (the context).
+    """
     by_len: dict[int, list[int]] = {}
     for i, s in enumerate(sequences):
-        if not 0 < len(s) <= lm.config.block_size:
-            raise RetrievalError(f"a sequence of {len(s)} tokens: expected 1..{lm.config.block_size} (the context)")
+        if not 0 < len(s) <= max_len:
+            raise RetrievalError(f"a sequence of {len(s)} tokens: expected 1..{max_len} (the context)")
         by_len.setdefault(len(s), []).append(i)
     for rows in by_len.values():
         for lo in range(0, len(rows), batch_size):
             part = rows[lo:lo + batch_size]
-            yield part, pooled_states(lm, torch.tensor([list(sequences[i]) for i in part], dtype=torch.long))
+            yield part, torch.tensor([list(sequences[i]) for i in part], dtype=torch.long)
 
 
 def embed_sequences(lm, sequences: Sequence[Sequence[int]], kind: str, batch_size: int = 256

@@ -32,7 +32,7 @@ another model is refused.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -202,6 +202,22 @@ class TrainingIndex:
             f"JOIN sources s ON s.id = c.source_id WHERE c.id IN ({','.join('?' * len(ids))})", ids)
         names = [d[0] for d in cur.description]
         return {row[0]: dict(zip(names, row)) for row in cur}
+
+    def rows(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Chunk id -> ``{"id", "line", "start", "end", "text", "concepts", "path"}`` of ``ids``
+        (ids not in the index are left out)."""
+        ids = sorted({int(i) for i in ids})
+        out: dict[int, dict[str, Any]] = {}
+        for lo in range(0, len(ids), 900):  # SQLite's older limit of 999 parameters
+            out.update(self._rows(ids[lo:lo + 900]))
+        return out
+
+    def iter_texts(self, limit: int | None = None, batch: int = 4096) -> Iterator[list[tuple[int, str]]]:
+        """``(chunk id, text)`` of the first ``limit`` chunks (default all) by id, ``batch`` at a time."""
+        n = self.n_chunks if limit is None else min(int(limit), self.n_chunks)
+        cur = self._db.execute("SELECT id, text FROM chunks ORDER BY id LIMIT ?", (n,))
+        while rows := cur.fetchmany(batch):
+            yield rows
 
 
 def check_model(path: Path, manifest: dict[str, Any], lm) -> None:

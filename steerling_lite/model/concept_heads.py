@@ -22,7 +22,9 @@ catalog's alignment lookups call it:
   101k x 4096 for Steerling-8B) and of selected ones (:meth:`_ConceptHead.selected_lm_dots`);
 - concept interventions (:func:`intervened_known_weights`, :func:`intervened_known_features`)
   and the vector the LM head reads (:func:`readout`);
-- alignment of any vectors with the whole vocabulary (:func:`lm_alignment`).
+- alignment of any vectors with the whole vocabulary (:func:`lm_alignment`) and the tokens
+  each concept promotes most (:func:`top_promoted_tokens`);
+- each concept's weight at each position (:meth:`_ConceptHead.feature_weights`).
 """
 
 from __future__ import annotations
@@ -120,6 +122,16 @@ class _ConceptHead(nn.Module):
             order = sel_logits.topk(self.k_report, dim=-1).indices
             idx, sel_logits = idx.gather(-1, order), sel_logits.gather(-1, order)
         return HeadOutput(features, idx, sel_logits)
+
+    def feature_weights(self, h: Tensor) -> Tensor:
+        """Each concept's weight in the features of each position, ``(N, C)`` fp32 for ``h``
+        ``(N, D)``: ``sigmoid(logit)`` of the concepts the feature top-k selects, 0 for the others
+        (every concept's sigmoid for a head without top-k): the ``w_c`` of ``Σ w_c E[c]``."""
+        if self.k_features is None:
+            return torch.sigmoid(self.all_logits(h))
+        idx, logits = self.features_top_k(h)
+        weights = torch.zeros(h.shape[0], self.n_concepts, device=h.device)
+        return weights.scatter_(1, idx, torch.sigmoid(logits))
 
     def mix_all(self, weights: Tensor) -> Tensor:
         """``weights (N, C) @ E[:C]`` in fp32 (the no-top-k path)."""
@@ -347,3 +359,38 @@ def lm_alignment(model, vectors: Tensor, chunk: int = 16384) -> Tensor:
     if v.dim() == 1:
         return torch.cat([w[i:i + chunk].float() @ v for i in range(0, w.shape[0], chunk)])
     return torch.cat([v @ w[i:i + chunk].float().t() for i in range(0, w.shape[0], chunk)], dim=-1)
+
+
+
+@torch.inference_mode()
+def top_promoted_tokens(model, head: _ConceptHead, k: int, concept_ids: Tensor | None = None,
+                        exclude: Tensor | None = None, batch: int = 256) -> tuple[Tensor, Tensor]:
+    """The ``k`` tokens each concept promotes most: the largest ``E[c] · W_lm[t]`` over the
+    vocabulary, scored as the reference's ``concept_top_tokens`` scores them,
+    ``(E[c] / |E[c]|) · W_lm[t]`` in logit units (the same ranking).
+
+    Args:
+        model: a ``SteerlingModel`` (its LM head ``W_lm`` ``(V, D)``).
+        head: its known or discovered head.
+        k: tokens per concept (at most V).
+        concept_ids: ``(K,)`` long ids (default every concept of the head).
+        exclude: ``(M,)`` long token ids never returned (e.g. the special tokens).
+        batch: concepts per product with the whole vocabulary (``batch x V`` fp32 at a time).
+
+    Returns:
+        ``(scores, token_ids)``: ``(K, k)`` fp32 and long on the CPU, highest first.
+    """
+    dev = model.lm_head_weight.device
+    ids = torch.arange(head.n_concepts) if concept_ids is None else torch.as_tensor(concept_ids, dtype=torch.long)
+    values, tokens = [], []
+    for lo in range(0, ids.numel(), batch):
+        v = head.embedding(ids[lo:lo + batch].to(dev)).float()
+        scores = lm_alignment(model, v / (v.norm(dim=-1, keepdim=True) + NORM_EPS))
+        if exclude is not None and exclude.numel():
+            scores[:, exclude.to(scores.device)] = float("-inf")
+        v, t = scores.topk(min(k, scores.shape[-1]), dim=-1)
+        values.append(v.cpu())
+        tokens.append(t.cpu())
+    if not values:
+        return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
+    return torch.cat(values), torch.cat(tokens)

@@ -41,6 +41,14 @@ def bar_rows(title: str, rows: list[dict[str, Any]], width: int) -> Text:
     return text
 
 
+def discovered_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Discovered-concept rows as the panel labels them, under its "discovered concepts" heading:
+    ``#3 "dog, cat, horse"`` for a described ``discovered #3 "dog, cat, horse"`` (so that its
+    words fit the label column); other labels as they are."""
+    return [{**r, "label": str(r["label"]).removeprefix("discovered ")} if '"' in str(r["label"]) else r
+            for r in rows]
+
+
 class AttributionPanel(VerticalScroll):
     """Shows the attribution of the selected span (a dict as :meth:`SpanAttribution.to_dict` makes)."""
 
@@ -68,7 +76,7 @@ class AttributionPanel(VerticalScroll):
         if note:
             text.append(note + "\n", "dim")
         text.append_text(bar_rows("known concepts", data.get("known") or [], width))
-        text.append_text(bar_rows("discovered concepts", data.get("discovered") or [], width))
+        text.append_text(bar_rows("discovered concepts", discovered_rows(data.get("discovered") or []), width))
         other = [f"{k} {float(data[k + '_other']) * 100:+.1f}%" for k in ("known", "discovered")
                  if data.get(k + "_other")]
         if other:
