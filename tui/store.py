@@ -86,7 +86,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX turns_by_session ON turns (session_id, position)",
         "CREATE INDEX attributions_by_turn ON attributions (turn_id)",
     ],
-    [
+    [  # written out, not derived from the attributions table: a released migration never changes
         """CREATE TABLE audits (
             id INTEGER PRIMARY KEY,
             turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
