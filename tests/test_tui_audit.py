@@ -86,7 +86,8 @@ async def test_audit_loop_on_the_default_model(home, small_corpus, tmp_path):
 
         # s: the top known concept suppressed, same seed, shown in Compare
         top = next(r for r in data["known"] if r["share"] > 0)
-        assert lists["concepts"].highlighted == data["known"].index(top)
+        highlighted = lists["concepts"].get_option_at_index(lists["concepts"].highlighted)
+        assert highlighted.id == f"known:{top['concept_id']}"
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), timeout=120, what="compare")
         compare = app.screen
@@ -148,7 +149,8 @@ async def test_audit_of_a_model_without_an_index_says_so(tiny_ckpt, home):
         assert "no training-data index" in str(lists.get_option_at_index(0).prompt)
         # a discovered concept cannot be steered: said in the status line, nothing regenerated
         concepts = screen.query_one("#audit-concepts", OptionList)
-        concepts.highlighted = len(screen.data["known"])  # the first discovered row
+        concepts.highlighted = next(i for i in range(concepts.option_count)
+                                    if concepts.get_option_at_index(i).id.startswith("discovered:"))
         await pilot.press("s")
         assert "only known concepts can be steered" in str(screen.query_one("#audit-status").content)
         assert "suppressed" not in screen.data and isinstance(app.screen, AuditScreen)

@@ -45,9 +45,16 @@ def share_row(head: str, label: str, share: float, peak: float, width: int = 10)
     return text
 
 
-def concept_options(data: dict[str, Any]) -> list[Option]:
-    """The concept list: known rows (id ``known:ID``), then discovered ones (``discovered:ID``)."""
+def concept_rows(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Known and discovered concepts together, largest ``|share|`` first (discovered ones carry most
+    of the logit on the default model): ``(head, row)``."""
     rows = [("known", r) for r in data.get("known") or []] + [("discovered", r) for r in data.get("discovered") or []]
+    return sorted(rows, key=lambda hr: -abs(float(hr[1]["share"])))
+
+
+def concept_options(data: dict[str, Any]) -> list[Option]:
+    """The concept list (:func:`concept_rows`), options with ids ``known:ID`` / ``discovered:ID``."""
+    rows = concept_rows(data)
     peak = max((abs(float(r["share"])) for _, r in rows), default=1.0)
     return [Option(share_row(head, str(r["label"]), float(r["share"]), peak), id=f"{head}:{r['concept_id']}")
             for head, r in rows]
@@ -195,7 +202,8 @@ class AuditScreen(JobRunner, ModalScreen):
         bar = self.query_one("#audit-progress", ProgressBar)
         bar.display = value[0] < value[1]
         bar.update(total=value[1], progress=value[0])
-        self.status("building the training-data index (first use only)…")
+        if "suppress" not in self.running:  # its own line stays until it is done
+            self.status("building the training-data index (first use only)…")
 
     def _arrived(self, axis: str, part: dict[str, Any]) -> None:
         self.running.discard(axis)
@@ -241,8 +249,8 @@ class AuditScreen(JobRunner, ModalScreen):
 
     def _top_known_row(self) -> int | None:
         """The row of the known concept that pushed the span most (the suppress key's default)."""
-        known = self.data.get("known") or []
-        return next((i for i, r in enumerate(known) if float(r["share"]) > 0), None) if known else None
+        return next((i for i, (head, r) in enumerate(concept_rows(self.data))
+                     if head == "known" and float(r["share"]) > 0), None)
 
     # ---- suppress ---------------------------------------------------------------------------
     def action_suppress(self) -> None:
