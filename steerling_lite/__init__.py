@@ -79,3 +79,15 @@ from .errors import require_interpretable, run_guarded  # noqa: E402
 from .generation.steering import AMPLIFY_TARGET  # noqa: E402
 
 __all__ += ["require_interpretable", "AMPLIFY_TARGET", "run_guarded"]
+
+# the audit loop: a span's three axes, the concept to suppress (issue 11)
+from .interpret.audit import (  # noqa: E402
+    DEFAULT_INPUT_METHOD, INPUT_METHODS, SpanAudit, audit_span, span_concepts, span_inputs, span_neighbours,
+    suppression, top_known,
+)
+from .interpret.index_build import ensure_default_index, is_default_model  # noqa: E402
+
+__all__ += [
+    "SpanAudit", "audit_span", "span_concepts", "span_inputs", "span_neighbours", "suppression", "top_known",
+    "INPUT_METHODS", "DEFAULT_INPUT_METHOD", "ensure_default_index", "is_default_model",
+]

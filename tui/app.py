@@ -144,6 +144,8 @@ class SteerlingApp(App):
                                 "Regenerate the last answer unsteered, same seed (ctrl+t)", chat.action_compare)
             yield SystemCommand("Select answer tokens", "Focus the last answer's tokens for attribution (ctrl+g)",
                                 chat.action_select_tokens)
+            yield SystemCommand("Audit selected tokens", "Concepts, input units, training chunks; suppress (a)",
+                                chat.action_audit)
             yield SystemCommand("Steering panel", "Search concepts and steer (f3)",
                                 lambda: chat.action_tab("tab-steer"))
             yield SystemCommand("Settings panel", "Sampling settings (f2)", lambda: chat.action_tab("tab-settings"))

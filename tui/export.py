@@ -16,7 +16,7 @@ EXPORT_FORMATS = ("markdown", "json")
 
 
 def session_to_dict(session: Session) -> dict[str, Any]:
-    """A JSON-able dict of the whole session: settings, steering, turns, attributions."""
+    """A JSON-able dict of the whole session: settings, steering, turns, attributions, audits."""
     return {
         "format": "steerling-lite.session/1",
         "id": session.id,
@@ -40,6 +40,7 @@ def session_to_dict(session: Session) -> dict[str, Any]:
                 "tokens_per_s": t.tokens_per_s,
                 "unsteered": t.unsteered,
                 "attributions": [{"start": a.start, "end": a.end, **a.data} for a in t.attributions],
+                "audits": [{"start": a.start, "end": a.end, **a.data} for a in t.audits],
             }
             for t in session.turns
         ],
@@ -90,18 +91,43 @@ def session_to_markdown(session: Session) -> str:
         if t.unsteered is not None:
             out += ["", "**Unsteered (same seed)**", "", _fence(t.unsteered)]
         for a in t.attributions:
-            out += ["", f"**Attribution of tokens {a.start}..{a.end - 1}**"
-                    + (f" (`{a.data['text']}`)" if a.data.get("text") else ""), ""]
-            for kind in ("known", "discovered"):
-                rows = a.data.get(kind) or []
-                if rows:
-                    out.append(f"- {kind}: " + ", ".join(f"{r['label']} {float(r['share']):.1%}" for r in rows))
-            if a.data.get("epsilon") is not None:
-                out.append(f"- epsilon: {float(a.data['epsilon']):.1%}")
-            if a.data.get("inputs"):
-                top = sorted(a.data["inputs"], key=lambda r: -abs(float(r["score"])))[:8]
-                out.append("- input tokens: " + ", ".join(f"`{r['text']!s}` {float(r['score']):+.2f}" for r in top))
+            out += attribution_markdown("Attribution", a.start, a.end, a.data)
+        for a in t.audits:
+            out += attribution_markdown("Audit", a.start, a.end, a.data) + audit_markdown(a.data)
     return "\n".join(out) + "\n"
+
+
+def attribution_markdown(what: str, start: int, end: int, data: dict[str, Any]) -> list[str]:
+    """Lines for the concepts (and input tokens) of an attribution or audit of tokens ``start..end``."""
+    out = ["", f"**{what} of tokens {start}..{end - 1}**" + (f" (`{data['text']}`)" if data.get("text") else ""), ""]
+    for kind in ("known", "discovered"):
+        rows = data.get(kind) or []
+        if rows:
+            out.append(f"- {kind}: " + ", ".join(f"{r['label']} {float(r['share']):.1%}" for r in rows))
+    if data.get("epsilon") is not None:
+        out.append(f"- epsilon: {float(data['epsilon']):.1%}")
+    if data.get("inputs"):
+        top = sorted(data["inputs"], key=lambda r: -abs(float(r["score"])))[:8]
+        method = f" ({data['input_method']})" if data.get("input_method") else ""
+        out.append(f"- input tokens{method}: " + ", ".join(f"`{r['text']!s}` {float(r['score']):+.2f}" for r in top))
+    return out
+
+
+def audit_markdown(data: dict[str, Any]) -> list[str]:
+    """The audit's own lines: the nearest training chunks, what could not be computed, and the
+    answer regenerated with a concept suppressed."""
+    out = []
+    for n in data.get("neighbours") or []:
+        shared = f" (shared: {', '.join(n['shared'])})" if n.get("shared") else ""
+        out.append(f"- training chunk {n['rank']}: {float(n['similarity']):.3f} `{n['source']}:{n['line']}` "
+                   f"{json.dumps(n['text'], ensure_ascii=False)}{shared}")
+    for axis, note in (data.get("notes") or {}).items():
+        out.append(f"- {axis}: {note}")
+    sup = data.get("suppressed")
+    if sup:
+        out += ["", f"**Regenerated with {sup['label']} suppressed (seed {sup.get('seed')})**", "",
+                _fence(str(sup.get("text", "")))]
+    return out
 
 
 def export_session(session: Session, path: str | Path, fmt: str) -> Path:

@@ -18,6 +18,11 @@ Schema (version 1):
 - ``recent_models``: model directories opened, most recent first;
 - ``schema_migrations``: the versions applied.
 
+Version 2 adds ``audits``: the audit of a span of a turn's output (its concepts, input
+units, nearest training chunks and the answer regenerated with a concept suppressed), as
+JSON, with the columns of ``attributions``. A version-1 database is upgraded in place when
+opened; its sessions read as before, with no audits.
+
 A newer app adds a migration to :data:`MIGRATIONS`; an older app refuses a database
 whose version it does not know (:class:`StoreError`), instead of corrupting it. Every
 database error (``sqlite3.Error``) leaves the store as a :class:`StoreError` naming the
@@ -81,6 +86,17 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX turns_by_session ON turns (session_id, position)",
         "CREATE INDEX attributions_by_turn ON attributions (turn_id)",
     ],
+    [  # written out, not derived from the attributions table: a released migration never changes
+        """CREATE TABLE audits (
+            id INTEGER PRIMARY KEY,
+            turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
+            start INTEGER NOT NULL,
+            end INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX audits_by_turn ON audits (turn_id)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -100,6 +116,13 @@ class Attribution:
 
 
 @dataclass
+class Audit(Attribution):
+    """The audit of tokens ``start``..``end`` (exclusive) of a turn's output: ``data`` holds its
+    concepts, input units, nearest training chunks and, once asked for, the answer regenerated
+    with a concept suppressed (see :mod:`tui.audit`)."""
+
+
+@dataclass
 class Turn:
     """One prompt and the model's output.
 
@@ -114,6 +137,7 @@ class Turn:
         seed, stop_reason, tokens_per_s: from the generation result.
         unsteered: the unsteered output for the same seed, once compared.
         attributions: attributions computed for spans of the output.
+        audits: audits of spans of the output (:class:`Audit`).
     """
 
     prompt: str
@@ -127,6 +151,7 @@ class Turn:
     tokens_per_s: float | None = None
     unsteered: str | None = None
     attributions: list[Attribution] = field(default_factory=list)
+    audits: list[Audit] = field(default_factory=list)
     id: int | None = None
     created_at: float = 0.0
 
@@ -291,6 +316,8 @@ class Store:
             turn.id = int(cur.lastrowid)
             for a in turn.attributions:
                 a.id = self._insert_attribution(c, turn.id, a, now)
+            for a in turn.audits:
+                a.id = self._insert_attribution(c, turn.id, a, now, "audits")
         session.updated_at = now
         if turn not in session.turns:
             session.turns.append(turn)
@@ -316,10 +343,26 @@ class Store:
         with self.transaction("save the attribution") as c:
             c.execute("UPDATE attributions SET data=? WHERE id=?", (_dump(attribution.data), attribution.id))
 
+    def add_audit(self, turn: Turn, audit: Audit) -> int:
+        """Save an audit of ``turn`` (which must be saved); sets and returns its id."""
+        if turn.id is None:
+            raise StoreError("save the turn before its audits")
+        with self.transaction("save the audit") as c:
+            audit.id = self._insert_attribution(c, turn.id, audit, time.time(), "audits")
+        turn.audits.append(audit)
+        return audit.id
+
+    def update_audit(self, audit: Audit) -> None:
+        """Rewrite a saved audit's data (e.g. the suppressed answer added to it)."""
+        with self.transaction("save the audit") as c:
+            c.execute("UPDATE audits SET data=? WHERE id=?", (_dump(audit.data), audit.id))
+
     @staticmethod
-    def _insert_attribution(c: sqlite3.Connection, turn_id: int, a: Attribution, now: float) -> int:
+    def _insert_attribution(c: sqlite3.Connection, turn_id: int, a: Attribution, now: float,
+                            table: str = "attributions") -> int:
+        """Insert ``a`` into ``table`` (``attributions`` or ``audits``, which have the same columns)."""
         cur = c.execute(
-            "INSERT INTO attributions (turn_id, start, end, data, created_at) VALUES (?, ?, ?, ?, ?)",
+            f"INSERT INTO {table} (turn_id, start, end, data, created_at) VALUES (?, ?, ?, ?, ?)",
             (turn_id, a.start, a.end, _dump(a.data), now),
         )
         return int(cur.lastrowid)
@@ -335,7 +378,7 @@ class Store:
         return [SessionSummary(r["id"], r["title"], r["model"], r["n"], r["updated_at"]) for r in rows]
 
     def load_session(self, session_id: int) -> Session:
-        """The session with its turns and their attributions.
+        """The session with its turns, their attributions and audits.
 
         Raises:
             StoreError: no session has this id, or it cannot be read.
@@ -362,6 +405,8 @@ class Store:
             )
             for a in self.conn.execute("SELECT * FROM attributions WHERE turn_id=? ORDER BY id", (t["id"],)):
                 turn.attributions.append(Attribution(a["start"], a["end"], _load(a["data"], {}), a["id"]))
+            for a in self.conn.execute("SELECT * FROM audits WHERE turn_id=? ORDER BY id", (t["id"],)):
+                turn.audits.append(Audit(a["start"], a["end"], _load(a["data"], {}), a["id"]))
             session.turns.append(turn)
         return session
 

@@ -7,10 +7,10 @@ import sys
 from importlib.metadata import entry_points
 
 from ..errors import run_guarded
-from . import concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
+from . import audit, concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
-COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index]
+COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

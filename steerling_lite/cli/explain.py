@@ -55,7 +55,17 @@ def _input_attribution(lm, attribution, args: argparse.Namespace):
     return occlusion(lm, attribution, granularity=args.granularity, progress=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def print_concepts(c, top: int, indent: str = "  ") -> None:
+    """The known, discovered and epsilon lines of a :class:`ChunkAttribution` (``top`` per head)."""
+    print(f"{indent}known:      {_fmt_concepts(c.top(top, 'known'), top)}")
+    print(f"{indent}discovered: {_fmt_concepts(c.top(top, 'discovered'), top)}")
+    print(f"{indent}epsilon {c.epsilon_pct:.1f}%, known tail {100 * c.known_tail:.1f}%, "
+          f"discovered tail {100 * c.discovered_tail:.1f}% of each token's logit mass")
+
+
+def explained(args: argparse.Namespace):
+    """Load ``--model``, generate the prompt with the sampling and steering flags and record its
+    concept attribution: ``(lm, attribution)`` (Ctrl-C keeps what was committed)."""
     if args.top < 1:
         raise GenerationError(f"--top is {args.top}; expected >= 1")
     text = prompt_text(args)
@@ -66,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         stream = stop.watch(explain_stream(lm, prompt_ids(lm, args, text), generation_config(args), plan,
                                            catalog=catalog))
         attribution = stream.run()
+    return lm, attribution
+
+
+def run(args: argparse.Namespace) -> int:
+    lm, attribution = explained(args)
     result = attribution.result
     assert result is not None
     check = attribution.verify()
@@ -92,10 +107,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[chunk {i}] tokens {c.start - attribution.prompt_len}..{c.end - attribution.prompt_len - 1}"
               f" ({c.n_tokens} committed)")
         print(c.text)
-        print(f"  known:      {_fmt_concepts(c.top(args.top, 'known'), args.top)}")
-        print(f"  discovered: {_fmt_concepts(c.top(args.top, 'discovered'), args.top)}")
-        print(f"  epsilon {c.epsilon_pct:.1f}%, known tail {100 * c.known_tail:.1f}%, "
-              f"discovered tail {100 * c.discovered_tail:.1f}% of each token's logit mass")
+        print_concepts(c, args.top)
         if inputs is not None:
             targets = [int(p) for p in attribution.positions.tolist() if c.start <= p < c.end]
             top_in = inputs.aggregate("prompt", top=args.inputs, targets=targets)

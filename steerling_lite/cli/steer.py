@@ -28,6 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def print_side_by_side(left_title: str, left: str, right_title: str, right: str, title: str,
+                       width: int | None = None) -> None:
+    """Two texts in two columns of a table (``width`` characters; default the terminal's)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(width=width, soft_wrap=False, highlight=False)
+    table = Table(title=title, show_lines=False, expand=True)
+    table.add_column(Text(left_title), ratio=1, overflow="fold")
+    table.add_column(Text(right_title), ratio=1, overflow="fold")
+    table.add_row(Text(left), Text(right))  # Text: no markup parsing of generated text
+    console.print(table)
+
+
 def run(args: argparse.Namespace) -> int:
     specs = steerings_from_args(args)
     if not specs:
@@ -52,16 +67,7 @@ def run(args: argparse.Namespace) -> int:
             "stop_reason": stop_reason,
         }))
         return exit_code(stop_reason)
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console(width=args.width, soft_wrap=False, highlight=False)
-    table = Table(title=f"seed {config.seed}", show_lines=False, expand=True)
-    table.add_column("unsteered", ratio=1, overflow="fold")
-    table.add_column(Text(f"steered: {label}"), ratio=1, overflow="fold")
-    table.add_row(Text(plain.text), Text(steered.text))  # Text: no markup parsing of generated text
-    console.print(table)
+    print_side_by_side("unsteered", plain.text, f"steered: {label}", steered.text, f"seed {config.seed}", args.width)
     print(f"{plain.committed_tokens} + {steered.committed_tokens} tokens, seed {config.seed}"
           + (", cancelled (Ctrl-C): shown is what was committed" if stop.cancelled else ""), file=sys.stderr)
     return exit_code(stop_reason)

@@ -1,5 +1,6 @@
-"""The app's screens: load, chat (main), and the modal help, history, compare and export screens."""
+"""The app's screens: load, chat (main), and the modal help, history, compare, export and audit screens."""
 
+from .audit import AuditScreen
 from .chat import ChatScreen
 from .compare import CompareScreen
 from .export import ExportScreen
@@ -7,4 +8,4 @@ from .help import HelpScreen
 from .history import HistoryScreen
 from .load import LoadScreen
 
-__all__ = ["ChatScreen", "CompareScreen", "ExportScreen", "HelpScreen", "HistoryScreen", "LoadScreen"]
+__all__ = ["AuditScreen", "ChatScreen", "CompareScreen", "ExportScreen", "HelpScreen", "HistoryScreen", "LoadScreen"]

@@ -35,6 +35,8 @@ from ..jobs import USER_ERRORS, JobRunner
 from ..records import Answer, Generated, PendingTurn, Progress, SpanRequest
 from ..widgets import AttributionPanel, OutputView, PromptArea, SamplingForm, StatusBar, SteeringPanel, TurnView
 from ..widgets.output import meta_line
+from ..audit import audit_target
+from .audit import AuditScreen
 from .compare import CompareScreen
 from .export import ExportScreen
 from .history import HistoryScreen
@@ -339,6 +341,25 @@ class ChatScreen(JobRunner, Screen):
     def _attribution_failed(self, message: str) -> None:
         self.set_busy("")
         self.query_one(AttributionPanel).show(None, note=message)
+
+    @on(OutputView.AuditRequest)
+    def _audit_request(self, event: OutputView.AuditRequest) -> None:
+        state = self._state_for(event.view)
+        if state is not None:
+            self.audit(state, event.start, event.end)
+
+    def audit(self, state: TurnState, start: int, end: int) -> None:
+        """Open the audit of answer tokens ``start..end`` (:class:`AuditScreen`)."""
+        self.app.push_screen(AuditScreen(self.conversation, audit_target(self.conversation, state.answer, start, end)))
+
+    def action_audit(self) -> None:
+        """Audit the selected tokens of the last answer (all of it when none is focused)."""
+        done = [s for s in self.states if s.tokens]
+        if not done:
+            self.show_error("no answer to audit yet")
+            return
+        state = next((s for s in done if s.view.output.has_focus), done[-1])
+        self.audit(state, *state.view.output.selection)
 
     # ---- sessions -----------------------------------------------------------------------------
     def action_new_session(self, quiet: bool = False) -> None:

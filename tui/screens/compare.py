@@ -13,14 +13,17 @@ from ..widgets.output import clean
 
 
 class CompareScreen(ModalScreen):
-    """Two columns: steered (with the concepts used) and unsteered; esc closes."""
+    """Two columns: steered (with the concepts used) and unsteered; esc closes. ``titles`` names the
+    two columns otherwise (the audit: the answer with a concept suppressed, and as generated)."""
 
     BINDINGS = [Binding("escape,q,ctrl+t", "close", "Close")]
 
-    def __init__(self, prompt: str, steered: str, unsteered: str, steering: str, seed: int | None) -> None:
+    def __init__(self, prompt: str, steered: str, unsteered: str, steering: str, seed: int | None,
+                 titles: tuple[str, str] | None = None) -> None:
         super().__init__()
         self.prompt, self.steered, self.unsteered = prompt, steered, unsteered
         self.steering, self.seed = steering, seed
+        self.titles = titles or (f"steered: {steering}", "unsteered")
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare-box"):
@@ -28,11 +31,10 @@ class CompareScreen(ModalScreen):
                              overflow="ellipsis"), classes="section")
             with Horizontal(id="compare-cols"):
                 with VerticalScroll(classes="compare-col", id="compare-steered"):
-                    yield Label(Text(f"steered: {self.steering}", no_wrap=True, overflow="ellipsis"),
-                                classes="compare-title")
+                    yield Label(Text(self.titles[0], no_wrap=True, overflow="ellipsis"), classes="compare-title")
                     yield Static(Text(clean(self.steered)))
                 with VerticalScroll(classes="compare-col", id="compare-unsteered"):
-                    yield Label("unsteered", classes="compare-title")
+                    yield Label(Text(self.titles[1], no_wrap=True, overflow="ellipsis"), classes="compare-title")
                     yield Static(Text(clean(self.unsteered)))
 
     def action_close(self) -> None:

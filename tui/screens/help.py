@@ -41,6 +41,11 @@ SECTIONS = [
      "blank = adaptive, 0 = greedy; seed: blank = random (the seed used is shown under each answer)."),
     ("Sessions",
      "Saved in a SQLite database in the data folder ($STEERLING_LITE_HOME overrides it)."),
+    ("Audit (a on answer tokens)",
+     "The selected span along three axes: its known and discovered concepts, the prompt units behind it "
+     "(g: integrated gradients, o: occlusion) and the training chunks it most resembles (the default model "
+     "builds its index on first use). s regenerates the answer with the highlighted known concept "
+     "suppressed, same seed, and shows both in Compare. The audit is saved with the session and exported."),
 ]
 
 

@@ -3,7 +3,7 @@
 While generating, the answer shows the committed text and, after it, the block being
 denoised: still-masked slots are placeholders (``░``) that fill in as each denoising
 step commits its most confident tokens. When it is done, the answer's tokens become
-selectable (left/right moves, shift extends, Enter attributes the selection).
+selectable (left/right moves, shift extends, Enter attributes the selection, ``a`` audits it).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class OutputView(Static, can_focus=True):
         Binding("enter", "attribute", "Attribute"),
         Binding("i", "inputs", "Input tokens"),
         Binding("I", "inputs('ig')", "Input tokens (integrated gradients)", show=False),
+        Binding("a", "audit", "Audit", show=False),  # in the help, the palette and the attribution hint
     ]
 
     cursor: reactive[int] = reactive(0)
@@ -66,6 +67,13 @@ class OutputView(Static, can_focus=True):
             super().__init__()
             self.view = view
             self.start, self.end, self.inputs, self.method = start, end, inputs, method
+
+    class AuditRequest(Message):
+        """Audit tokens ``start..end`` (exclusive) of this answer: concepts, input units, training chunks."""
+
+        def __init__(self, view: OutputView, start: int, end: int) -> None:
+            super().__init__()
+            self.view, self.start, self.end = view, start, end
 
     def __init__(self, **kwargs) -> None:
         super().__init__("", **kwargs)
@@ -150,6 +158,11 @@ class OutputView(Static, can_focus=True):
         if self.tokens:
             self.anchor = None  # input attribution is per token: select just the one under the cursor
             self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True, method=method))
+
+    def action_audit(self) -> None:
+        if self.tokens:
+            start, end = self.selection
+            self.post_message(self.AuditRequest(self, start, end))
 
     # ---- drawing -----------------------------------------------------------------------
     def _redraw(self) -> None:
