@@ -21,7 +21,8 @@ from .interpret.embeddings import embed, embed_all
 from .interpret.index_build import BuildReport, add_to_index, build_index
 from .interpret.retrieval import Neighbour, SharedConcept, SpanNeighbours, TrainingIndex, retrieve
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
-from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
+from .generation.steering import InjectionTerm, amplify, suppress
+from .generation.steering_builder import Steering, SteeringBuilder, build_steering
 from .generation.trace import GenerationTrace, StepTrace
 
 __version__ = "0.1.0"
@@ -68,3 +69,14 @@ from .errors import require_interpretable  # noqa: E402
 from .generation.steering import AMPLIFY_TARGET  # noqa: E402
 
 __all__ += ["require_interpretable", "AMPLIFY_TARGET"]
+
+# steering strengths relative to the model, schedules by name, presets (issue 12)
+from .generation.steering_builder import RELATIVE_UNIT, residual_norm  # noqa: E402
+from .generation.steering_preset import (  # noqa: E402
+    SteeringPreset, check_preset_name, list_presets, load_preset, preset_dir, preset_path, save_preset,
+)
+
+__all__ += [
+    "RELATIVE_UNIT", "residual_norm", "SteeringPreset", "check_preset_name", "list_presets", "load_preset",
+    "preset_dir", "preset_path", "save_preset",
+]
