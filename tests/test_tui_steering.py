@@ -186,13 +186,13 @@ def test_preset_round_trip(tmp_path, home):
     assert read_steering_preset(written) == specs
     with pytest.raises(BackendError, match="preset name"):
         save_steering_preset("../evil", specs)
-    with pytest.raises(BackendError, match=r"concept\[1\] \(#8\).*--steering FILE"):
+    with pytest.raises(BackendError, match=r"concept\[1\] \(#5\).*--steering FILE"):
         read_steering_preset(path)  # the reference units / cut-off entries are for the CLI
 
 
 @pytest.mark.parametrize("text,message", [
     ("not toml [", "not valid TOML"),
-    ('name = "x"\n', "no [[concept]] tables"),
+    ('name = "x"\n', r"no \[\[concept\]\] tables"),
     ('colour = "red"\n[[concept]]\nid = 1\nstrength = 1\n', "unknown key 'colour'"),
     ('format = "other/9"\n[[concept]]\nid = 1\nstrength = 1\n', "format is 'other/9'"),
     ("[[concept]]\nstrength = 1\n", r"concept\[0\]\.id: missing"),

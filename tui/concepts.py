@@ -199,9 +199,10 @@ def specs_from_preset(preset: SteeringPreset, where: str, catalog: Catalog | Non
     out = []
     for i, s in enumerate(preset.steerings):
         what = f"{where}: concept[{i}] (#{s.concept_id})"
-        if s.mode == "intervene" or s.units != "relative" or s.resolved_schedule != "fixed" or s.group:
+        if (s.mode == "intervene" or s.units != "relative" or s.resolved_schedule != "fixed" or s.group
+                or s.relu_strength is not None):
             raise BackendError(f"{what}: the app's sliders take amplify / suppress in relative units with the "
-                               "fixed schedule and no group; use this preset with --steering FILE")
+                               "fixed schedule, no group and no relu_strength; use this preset with --steering FILE")
         if catalog is not None and catalog.n_known and not 0 <= s.concept_id < catalog.n_known:
             raise BackendError(f"{what}: this model has known concepts #0..#{catalog.n_known - 1}")
         value = s.value if s.mode == "amplify" else -abs(s.value)

@@ -145,14 +145,14 @@ class Conversation:
         timeline = SteeringTimeline()
         mask = lm.config.mask_token_id
         last = 0.0
-        committed = 0
+        n_committed = 0
         for event in gen:
-            timeline.add(event.step, in_effect(pending, event.steering, committed))
-            committed += len(event.positions)
+            timeline.add(event.step, in_effect(pending, event.steering, n_committed))
+            n_committed += len(event.positions)
             if rec is not None:
                 rec.record(event)
             if self.step_hook is not None:
-                self.step_hook(event, committed)
+                self.step_hook(event, n_committed)
             if cancelled():
                 gen.cancel()
             now = time.monotonic()

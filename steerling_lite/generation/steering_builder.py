@@ -15,7 +15,7 @@ presets) are relative to the model: strength ``s`` injects
 at every block it is added after, where ``‖h‖`` is the mean length of the final residual
 stream (the input of ``ln_f``) at the masked positions of an unsteered pass
 (:func:`residual_norm`) and ``n_inject`` the number of blocks the injection is added after;
-so at strength 10 the injected vectors add up to a quarter of the residual stream's length. In
+so at strength 10 the injected vectors add up to three quarters of the residual stream's length. In
 relative units a suppress's ReLU logit mask has strength ``RELU_PER_STRENGTH · |s|``, the
 reference's 20 at strength 10. Measured on the default model: BENCHMARKS.md, "Steering
 strength scale (issue 12)".
@@ -49,7 +49,7 @@ SCHEDULES: tuple[str, ...] = ("fixed", "hard_cutoff")
 UNITS: tuple[str, ...] = ("reference", "relative")
 # relative units: strength 1 injects RELATIVE_UNIT of the residual stream's length (summed over
 # the blocks it is added after); a suppress's ReLU mask is RELU_PER_STRENGTH per unit of strength
-RELATIVE_UNIT = 0.025
+RELATIVE_UNIT = 0.075
 RELU_PER_STRENGTH = RELU_STRENGTH / 10
 
 

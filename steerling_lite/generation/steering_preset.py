@@ -77,7 +77,10 @@ class SteeringPreset:
             c: dict[str, Any] = {"id": s.concept_id}
             if s.concept_id in self.labels:
                 c["label"] = self.labels[s.concept_id]
-            c.update(mode=s.mode, strength=s.value, units=s.units, schedule=s.resolved_schedule, enabled=s.enabled)
+            c.update(mode=s.mode, strength=s.value, units=s.units)
+            if s.schedule is not None:  # none: the mode's reference preset, as when read back
+                c["schedule"] = s.schedule
+            c["enabled"] = s.enabled
             if s.group:
                 c["group"] = list(s.group)
             if s.relu_strength is not None:
