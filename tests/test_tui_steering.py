@@ -274,6 +274,7 @@ async def test_palette_saves_and_applies_presets(tiny_ckpt, home):
         assert "Save steering as preset" in titles and not any(t.startswith("Steering preset:") for t in titles)
         app.action_save_preset()
         await wait_for(pilot, lambda: isinstance(app.screen, PresetSaveScreen), what="preset dialog")
+        await pilot.pause()
         app.screen.query_one("#preset-name").value = "bad/name"
         await pilot.press("enter")
         assert "preset name" in str(app.screen.query_one("#preset-error").content)

@@ -33,6 +33,7 @@ class PresetSaveScreen(ModalScreen[Path | None]):
     #preset-box { width: 64; height: auto; border: round $accent; padding: 0 1; background: $surface; }
     """
     BINDINGS = [Binding("escape", "close", "Close")]
+    AUTO_FOCUS = "#preset-name"
 
     def __init__(self, specs: Sequence[ConceptSpec], folder: Path | None = None) -> None:
         super().__init__()
@@ -47,9 +48,6 @@ class PresetSaveScreen(ModalScreen[Path | None]):
                 yield Button("Save", id="preset-go", variant="primary", compact=True)
                 yield Button("Cancel", id="preset-cancel", compact=True)
             yield Static("", id="preset-error", classes="error")
-
-    def on_mount(self) -> None:
-        self.query_one("#preset-name", Input).focus()
 
     @on(Input.Submitted, "#preset-name")
     @on(Button.Pressed, "#preset-go")
