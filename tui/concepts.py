@@ -121,13 +121,14 @@ class Catalog:
 # steering
 # ---------------------------------------------------------------------------------------
 STRENGTH_MIN, STRENGTH_MAX = -10.0, 10.0
-# Relative units (steerling_lite.generation.steering_builder): strength s pushes the text towards the
-# concept by s/10 of the residual stream's length, on any model. The default is the strength that
-# gave a visible but readable effect on the default model (BENCHMARKS.md, "Steering strength scale").
+# Relative units (steerling_lite.generation.steering_builder): strength s adds, over the layers,
+# s · 7.5 % of the residual stream's length in the concept's direction, on any model. The default
+# gave a visible but mostly readable effect on the default model (BENCHMARKS.md, "Steering
+# strength scale (issue 12)").
 DEFAULT_STRENGTH = 3.0
-STRENGTH_HELP = ("strength: + amplifies, − suppresses; each step pushes the text by strength/10 of the "
-                 "model's hidden-state length (same meaning on every model); ~2-4 is visible and readable, "
-                 "8+ breaks the text. Applies for as long as it is on.")
+STRENGTH_HELP = ("strength: + amplifies, − suppresses; s adds s × 7.5% of the model's hidden-state length "
+                 "in the concept's direction (same meaning on every model). ~+3 is visible, past +6 the text "
+                 "comes apart. Applies for as long as it is on.")
 
 
 @dataclass(frozen=True)
