@@ -39,6 +39,7 @@ import tomli_w
 from ..atomic import write_text_atomic
 from ..errors import ConceptError
 from ..loading.default_model import data_dir
+from ..textfile import read_text
 from .steering import CUTOFF_TOKENS
 from .steering_builder import MODES, SCHEDULES, UNITS, Steering
 
@@ -143,23 +144,12 @@ def load_preset(path: str | Path) -> SteeringPreset:
             ``concept[i].field``). Concept ids are checked against a model when the preset is
             built into a plan.
     """
-    p = Path(path).expanduser()
+    text = read_text(path, str(path), MAX_PRESET_BYTES, "a steering preset (.toml)", ConceptError)
     try:
-        if p.is_dir():
-            raise ConceptError(f"{path}: is a directory; expected a steering preset (.toml)")
-        with open(p, "rb") as f:
-            data = f.read(MAX_PRESET_BYTES + 1)
-    except OSError as exc:
-        raise ConceptError(f"{path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_PRESET_BYTES:
-        raise ConceptError(f"{path}: larger than 1 MiB; expected a steering preset")
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConceptError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConceptError(f"{path}: not valid TOML ({exc})") from None
-    return _parse(doc, str(path), p.stem)
+    return _parse(doc, str(path), Path(path).stem)
 
 
 def _parse(doc: dict[str, Any], where: str, default_name: str) -> SteeringPreset:
