@@ -23,7 +23,8 @@ from .interpret.retrieval import Neighbour, SharedConcept, SpanNeighbours, Train
 from .interpret.input_attribution import InputAttribution, InputScore, input_attribution
 from .interpret.occlusion import OcclusionAttribution, OcclusionCost, occlusion, span_positions
 from .interpret.prompt_units import GRANULARITIES, PromptUnit, prompt_units
-from .generation.steering import InjectionTerm, Steering, SteeringBuilder, amplify, build_steering, suppress
+from .generation.steering import InjectionTerm, amplify, suppress
+from .generation.steering_builder import Steering, SteeringBuilder, build_steering
 from .generation.trace import GenerationTrace, StepTrace
 
 __version__ = "0.1.0"
@@ -90,4 +91,15 @@ from .interpret.index_build import ensure_default_index, is_default_model  # noq
 __all__ += [
     "SpanAudit", "audit_span", "span_concepts", "span_inputs", "span_neighbours", "suppression", "top_known",
     "INPUT_METHODS", "DEFAULT_INPUT_METHOD", "ensure_default_index", "is_default_model",
+]
+
+# steering strengths relative to the model, schedules by name, presets (issue 12)
+from .generation.steering_builder import RELATIVE_UNIT, residual_norm  # noqa: E402
+from .generation.steering_preset import (  # noqa: E402
+    SteeringPreset, check_preset_name, list_presets, load_preset, preset_dir, preset_path, save_preset,
+)
+
+__all__ += [
+    "RELATIVE_UNIT", "residual_norm", "SteeringPreset", "check_preset_name", "list_presets", "load_preset",
+    "preset_dir", "preset_path", "save_preset",
 ]

@@ -17,6 +17,7 @@ from steerling_lite import ChatMessage, GenerationConfig, Steerling
 from steerling_lite.interpret.concepts import fallback_label
 from tui.app import SteerlingApp
 from tui.backend import Status, read_status
+from tui.concepts import DEFAULT_STRENGTH
 from tui.screens import ChatScreen, CompareScreen, ExportScreen, HelpScreen, HistoryScreen, LoadScreen
 from tui.store import Store
 from tui.widgets import ConceptRow, OutputView, PromptArea, StatusBar, SteeringPanel
@@ -185,7 +186,8 @@ async def test_steering_concept_changes_output_and_compare(tiny_ckpt, home):
         assert app.focused is chat.query_one("#concept-search")
         await pilot.press("#", "5", "enter")
         row = chat.query_one(ConceptRow)
-        assert (row.concept_id, row.label, row.strength, row.enabled) == (5, fallback_label(5), 8.0, True)
+        assert (row.concept_id, row.label, row.strength, row.enabled) == (5, fallback_label(5), DEFAULT_STRENGTH, True)
+        row.strength = 8.0  # issue 12: the default is no longer the 8B preset's +8
         await pilot.press("right", "right")  # +10
         assert row.strength == 10.0
         await send(pilot, chat, "Tell me about rivers")

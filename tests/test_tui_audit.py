@@ -179,7 +179,7 @@ def test_a_version_1_database_opens_and_keeps_its_sessions(tmp_path):
     conn.commit()
     conn.close()
     store = Store(path)
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     (turn,) = store.load_session(1).turns
     assert (turn.prompt, turn.output, len(turn.attributions), turn.audits) == ("p", "o", 1, [])
     store.add_audit(turn, Audit(0, 1, {"known": [], "suppressed": {"text": "x"}}))

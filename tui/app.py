@@ -11,20 +11,24 @@ runtime goes through :mod:`tui.backend` and :mod:`tui.concepts`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from steerling_lite import Steerling
+from steerling_lite import Steerling, list_presets
 
 from . import backend
 from .backend import LoadRequest, StatusSource
-from .concepts import Catalog
+from .concepts import Catalog, read_steering_preset
 from .conversation import RUNNING, Conversation
+from .jobs import USER_ERRORS
 from .records import ModelServices
 from .screens import ChatScreen, HelpScreen, LoadScreen
+from .screens.preset import PresetSaveScreen
+from .widgets import SteeringPanel
 from .store import Store, StoreError
 
 
@@ -155,6 +159,40 @@ class SteerlingApp(App):
                                 lambda: chat.query_one("#steering").clear())
             yield SystemCommand("Toggle side panel", "Show / hide settings, steering, attribution (ctrl+b)",
                                 chat.action_toggle_panel)
+            yield from self.preset_commands()
+
+    # ---- steering presets ------------------------------------------------------------------
+    def preset_commands(self) -> Iterable[SystemCommand]:
+        """The palette's preset commands: save the panel, and one per saved preset to apply it."""
+        yield SystemCommand("Save steering as preset", "Save the steering panel as a named preset (TOML)",
+                            self.action_save_preset)
+        for path in list_presets():
+            yield SystemCommand(f"Steering preset: {path.stem}", f"Apply the saved steering {path.name}",
+                                partial(self.apply_preset, path))
+
+    def action_save_preset(self) -> None:
+        if self.chat is None:
+            return
+        def saved(path: Path | None) -> None:
+            if path is not None and self.chat is not None:
+                self.notify(f"steering saved as preset {path.stem} ({path})", timeout=5)
+
+        self.push_screen(PresetSaveScreen(self.chat.query_one(SteeringPanel).specs), saved)
+
+    def apply_preset(self, path: Path) -> bool:
+        """Put the preset at ``path`` into the steering panel (applies to a running generation from
+        its next step); False, with the error shown, for a file the panel cannot take."""
+        if self.chat is None:
+            return False
+        panel = self.chat.query_one(SteeringPanel)
+        try:
+            specs = read_steering_preset(path, self.catalog)
+        except USER_ERRORS as exc:
+            self.chat.show_error(str(exc))
+            return False
+        panel.set_specs(specs)
+        self.notify(f"steering preset {path.stem} applied", timeout=4)
+        return True
 
     async def action_quit(self) -> None:
         if self.conversation.generation is not None:

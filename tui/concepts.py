@@ -1,5 +1,6 @@
-"""Concepts in the app: the searchable catalog, steered concepts -> steering plans, and the
-concept / input-token attribution of a span of an answer.
+"""Concepts in the app: the searchable catalog, steered concepts -> steering plans and presets,
+the record of which steering produced which tokens, and the concept / input-token attribution
+of a span of an answer.
 
 Runs on ``steerling_lite``'s top-level names (:class:`ConceptCatalog`,
 :class:`SteeringBuilder`, :class:`AttributionRecorder`, :func:`occlusion`, :func:`input_attribution`);
@@ -12,10 +13,10 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from steerling_lite import (
-    AMPLIFY_TARGET,
     AttributionRecorder,
     Concept,
     ConceptAttribution,
@@ -24,11 +25,16 @@ from steerling_lite import (
     Steering,
     SteeringBuilder,
     SteeringPlan,
+    SteeringPreset,
     Steerling,
     SteerlingError,
+    check_preset_name,
     input_attribution,
+    load_preset,
     occlusion,
+    preset_path,
     require_interpretable,
+    save_preset,
 )
 
 from .backend import BackendError, concept_counts, token_text
@@ -116,16 +122,25 @@ class Catalog:
 # steering
 # ---------------------------------------------------------------------------------------
 STRENGTH_MIN, STRENGTH_MAX = -10.0, 10.0
-DEFAULT_STRENGTH = AMPLIFY_TARGET
+# Relative units (steerling_lite.generation.steering_builder): strength s adds, over the layers,
+# s · 7.5 % of the residual stream's length in the concept's direction, on any model. The default
+# gave a visible but mostly readable effect on the default model (BENCHMARKS.md, "Steering
+# strength scale (issue 12)").
+DEFAULT_STRENGTH = 3.0
+STRENGTH_HELP = ("strength: + amplifies, − suppresses; s adds s × 7.5% of the model's hidden-state length "
+                 "in the concept's direction (same meaning on every model). ~+3 is visible, past +6 the text "
+                 "comes apart. Applies for as long as it is on.")
 
 
 @dataclass(frozen=True)
 class ConceptSpec:
     """One steered concept as the panel shows it.
 
-    ``strength`` runs from −10 to +10: positive amplifies (the reference's amplify preset,
-    target in logit units, default +8), negative suppresses (the suppress preset: injection
-    alpha ``−|strength|`` plus the concept's ReLU logit mask; the preset is −7).
+    ``strength`` runs from −10 to +10 in relative units (``Steering(units="relative")``: the same
+    number means a similar effect on every model): positive amplifies (injects the concept's
+    direction), negative suppresses (injects it negatively and masks the tokens it promotes,
+    the reference's suppress preset scaled by the strength). The schedule is always ``fixed``:
+    the steering applies for as long as it is on.
     """
 
     concept_id: int
@@ -140,7 +155,8 @@ class ConceptSpec:
 
     def to_steering(self) -> Steering:
         mode = "amplify" if self.strength >= 0 else "suppress"
-        return Steering(self.concept_id, mode, abs(float(self.strength)), self.enabled)
+        return Steering(self.concept_id, mode, abs(float(self.strength)), self.enabled, schedule="fixed",
+                        units="relative")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +173,67 @@ def steering_text(specs: Sequence[dict[str, Any]] | Sequence[ConceptSpec]) -> st
     ``none`` when nothing is steered."""
     items = [s if isinstance(s, ConceptSpec) else ConceptSpec.from_dict(s) for s in specs]
     return ", ".join(f"{s.label} {s.strength:+g}" for s in items if s.active) or "none"
+
+
+def preset_from_specs(name: str, specs: Sequence[ConceptSpec]) -> SteeringPreset:
+    """The steering panel as a :class:`steerling_lite.SteeringPreset` named ``name`` (relative
+    units, fixed schedule, each concept's label kept).
+
+    Raises:
+        BackendError: a bad name, or nothing steered.
+    """
+    if not specs:
+        raise BackendError("nothing to save: add a concept to steer first (f3)")
+    try:
+        name = check_preset_name(name)
+    except SteerlingError as exc:
+        raise BackendError(str(exc)) from None
+    return SteeringPreset(name, tuple(s.to_steering() for s in specs), {s.concept_id: s.label for s in specs})
+
+
+def specs_from_preset(preset: SteeringPreset, where: str, catalog: Catalog | None = None) -> list[ConceptSpec]:
+    """The panel rows of ``preset`` (read from ``where``): sliders take amplify / suppress in
+    relative units with the fixed schedule, strengths in −10..10.
+
+    Raises:
+        BackendError: ``<where>: concept[i] ...`` for an entry the sliders cannot show.
+    """
+    out = []
+    for i, s in enumerate(preset.steerings):
+        what = f"{where}: concept[{i}] (#{s.concept_id})"
+        if (s.mode == "intervene" or s.units != "relative" or s.resolved_schedule != "fixed" or s.group
+                or s.relu_strength is not None):
+            raise BackendError(f"{what}: the app's sliders take amplify / suppress in relative units with the "
+                               "fixed schedule, no group and no relu_strength; use this preset with --steering FILE")
+        if catalog is not None and catalog.n_known and not 0 <= s.concept_id < catalog.n_known:
+            raise BackendError(f"{what}: this model has known concepts #0..#{catalog.n_known - 1}")
+        value = s.value if s.mode == "amplify" else -abs(s.value)
+        if not STRENGTH_MIN <= value <= STRENGTH_MAX:
+            raise BackendError(f"{what}: strength {value:g} is outside the sliders' {STRENGTH_MIN:g}..{STRENGTH_MAX:g}")
+        label = preset.labels.get(s.concept_id) or (catalog.label(s.concept_id) if catalog else f"known #{s.concept_id}")
+        out.append(ConceptSpec(s.concept_id, label, value, s.enabled))
+    return out
+
+
+def save_steering_preset(name: str, specs: Sequence[ConceptSpec], folder: str | Path | None = None) -> Path:
+    """Save the panel as preset ``name`` in ``folder`` (default: the data folder's
+    ``steering-presets``), atomically; returns the file written.
+
+    Raises:
+        BackendError: a bad name or nothing steered; OSError: it cannot be written.
+    """
+    preset = preset_from_specs(name, specs)
+    return save_preset(preset, preset_path(preset.name, folder))
+
+
+def read_steering_preset(path: str | Path, catalog: Catalog | None = None) -> list[ConceptSpec]:
+    """The panel rows of the preset file ``path``.
+
+    Raises:
+        ConceptError: the file cannot be read or a field is bad (naming the file and the field);
+        BackendError: an entry the sliders cannot show.
+    """
+    return specs_from_preset(load_preset(path), str(path), catalog)
 
 
 class Steerer:

@@ -11,6 +11,10 @@ a thread worker; all the others run on the UI thread. The only state both touch 
 steering sequence number, under a lock: a steering change made while generating builds
 its plan in a worker and hands it to the generation unless a newer change came first.
 
+Every answer records which steering was in effect at each denoising step
+(:mod:`tui.steering_record`): a steering setting applies for as long as it is on, and the
+footer, the saved turn and the exports say which steps and tokens it produced.
+
 Errors a user can cause are :class:`steerling_lite.SteerlingError` (with
 :class:`tui.backend.BackendError`) or :class:`tui.store.StoreError`
 (:data:`tui.jobs.USER_ERRORS`).
@@ -23,13 +27,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from steerling_lite import ChatMessage, Generation, Steerling, SteerlingError, build_prompt, require_interpretable
+from steerling_lite import (
+    ChatMessage, Generation, SteeringPlan, Steerling, SteerlingError, StepEvent, build_prompt, require_interpretable,
+)
 
 from . import backend
 from .backend import BackendError, Sampling
-from .concepts import ConceptSpec, attribute_inputs, attribute_span, recorder, steering_text
+from .concepts import ConceptSpec, attribute_inputs, attribute_span, recorder
 from .records import KEEP_ATTRIBUTION, Answer, Generated, ModelServices, PendingTurn, Progress, Saved, SpanRequest
+from .steering_record import SteeringTimeline, was_steered
 from .store import Attribution, Session, SessionSummary, Store, StoreError, Turn
+
+StepHook = Callable[[StepEvent, int], None]
 
 RUNNING = "a generation is running: esc stops it first"
 
@@ -58,6 +67,11 @@ class Conversation:
     Args:
         store: the sessions database, or None when it could not be opened (nothing is saved).
         model: the loaded model's services, or None before a model is loaded.
+
+    Attributes:
+        step_hook: called on the worker thread after each denoising step with the step's event
+            and the tokens committed so far, before the next step runs (tests pause a
+            generation at a chosen point with it); None by default.
     """
 
     def __init__(self, store: Store | None = None, model: ModelServices | None = None) -> None:
@@ -69,6 +83,7 @@ class Conversation:
         self.last_tps: float | None = None
         self._steer_seq = 0  # the latest steering change; older plans are dropped
         self._steer_lock = threading.Lock()
+        self.step_hook: StepHook | None = None
 
     # ---- state ---------------------------------------------------------------------------
     @property
@@ -124,13 +139,20 @@ class Conversation:
             plan = pending.model.steerer.plan(pending.specs)
             with self._steer_lock:
                 if pending.steer_seq == self._steer_seq:  # else a live change already set a newer plan
+                    pending.plans.append((plan, list(pending.specs)))
                     gen.set_steering(plan)
         rec = recorder(lm, gen, pending.model.catalog)
+        timeline = SteeringTimeline()
         mask = lm.config.mask_token_id
         last = 0.0
+        n_committed = 0
         for event in gen:
+            timeline.add(event.step, in_effect(pending, event.steering, n_committed))
+            n_committed += len(event.positions)
             if rec is not None:
                 rec.record(event)
+            if self.step_hook is not None:
+                self.step_hook(event, n_committed)
             if cancelled():
                 gen.cancel()
             now = time.monotonic()
@@ -138,25 +160,30 @@ class Conversation:
                 last = now
                 committed = backend.decode(lm, gen.generated_ids(event.block_start))
                 on_progress(Progress(committed, backend.block_texts(lm, event.block_tokens)))
-        assert gen.result is not None
-        return Generated(gen.result, gen.output_positions(), rec.finish() if rec is not None else None)
+        result = gen.result
+        assert result is not None
+        positions = gen.output_positions()
+        P = len(result.prompt_ids)
+        segments, token_segments = timeline.finish([result.commit_step[p - P] for p in positions])
+        return Generated(result, positions, rec.finish() if rec is not None else None, segments, token_segments)
 
     def finish(self, pending: PendingTurn, done: Generated, specs_now: list[ConceptSpec]) -> tuple[Answer, Saved]:
-        """Keep the answer ``pending`` produced and save it; ``specs_now``: the steering panel now
-        (what a generation steered live ended with)."""
+        """Keep the answer ``pending`` produced and save it, with the record of which steering
+        produced which steps and tokens; ``specs_now``: the steering panel now (the session's)."""
         lm, result = pending.model.lm, done.result
         self.pending = None
         settings: dict[str, Any] = pending.sampling.to_dict()
-        specs = pending.specs
-        if self._steer_seq != pending.steer_seq:
-            # steered live: record the steering it ended with, and that it changed on the way
-            specs = specs_now
+        segments = done.steering_segments
+        if len(segments) > 1:
             settings["steering_changed_while_generating"] = True
+        # the steering in effect at the end (the last step's), else what the answer was asked with
+        steering = segments[-1]["steering"] if segments else [s.to_dict() for s in pending.specs if s.active]
         tps = result.tokens_per_s if result.elapsed_s > 0 else None
         turn = Turn(
             prompt=pending.prompt, output=result.text, prompt_ids=list(result.prompt_ids),
-            token_ids=list(result.token_ids), settings=settings, steering=[s.to_dict() for s in specs],
+            token_ids=list(result.token_ids), settings=settings, steering=steering,
             seed=result.seed, stop_reason=result.stop_reason, tokens_per_s=round(tps, 2) if tps is not None else None,
+            steering_segments=segments, token_segments=done.token_segments,
         )
         answer = Answer(turn, backend.token_texts(lm, result.token_ids), done.positions, done.attribution)
         self.answers.append(answer)
@@ -218,6 +245,8 @@ class Conversation:
         with self._steer_lock:
             if seq != self._steer_seq:
                 return False  # a later slider change is being applied
+            if plan is not None:
+                pending.plans.append((plan, list(specs)))
             pending.generation.set_steering(plan)
         return True
 
@@ -234,7 +263,7 @@ class Conversation:
         answer = self.answers[-1]
         if answer.turn.unsteered is not None:
             return answer
-        if steering_text(answer.turn.steering) == "none":
+        if not was_steered(answer.turn.steering_segments, answer.turn.steering):
             raise BackendError("the last answer was not steered: add a concept (f3) and generate, then compare")
         self._model()
         return answer
@@ -364,6 +393,20 @@ class Conversation:
     def made_with_other_model(self) -> bool:
         """The session was made with another model than the loaded one."""
         return self.lm is not None and bool(self.session.model) and self.model_path != self.session.model
+
+
+def in_effect(pending: PendingTurn, plan: SteeringPlan | None, committed: int) -> list[dict[str, Any]]:
+    """The panel concepts (as dicts) that changed a step of ``pending`` run with ``plan`` once
+    ``committed`` tokens were committed: on, non-zero, not past a cut-off. A plan the panel did
+    not make is named by its specs (``known #id``)."""
+    if plan is None:
+        return []
+    specs = pending.specs_of(plan)
+    if specs:
+        return [s.to_dict() for s in specs if s.to_steering().in_effect(committed)]
+    return [{"concept_id": s.concept_id, "label": f"known #{s.concept_id}",
+             "strength": s.value if s.mode != "suppress" else -abs(s.value), "enabled": True}
+            for s in plan.in_effect(committed)]
 
 
 def title_of(prompt: str) -> str:

@@ -10,13 +10,16 @@ from typing import Any
 from steerling_lite import write_text_atomic
 
 from .concepts import steering_text
+from .steering_record import steering_record
 from .store import Session
 
 EXPORT_FORMATS = ("markdown", "json")
 
 
 def session_to_dict(session: Session) -> dict[str, Any]:
-    """A JSON-able dict of the whole session: settings, steering, turns, attributions, audits."""
+    """A JSON-able dict of the whole session: settings, steering, turns (with which steering produced
+    which steps and tokens: ``steering_segments`` and ``token_segments``, see
+    :mod:`tui.steering_record`), attributions, audits."""
     return {
         "format": "steerling-lite.session/1",
         "id": session.id,
@@ -35,6 +38,8 @@ def session_to_dict(session: Session) -> dict[str, Any]:
                 "token_ids": t.token_ids,
                 "settings": t.settings,
                 "steering": t.steering,
+                "steering_segments": t.steering_segments,
+                "token_segments": t.token_segments,
                 "seed": t.seed,
                 "stop_reason": t.stop_reason,
                 "tokens_per_s": t.tokens_per_s,
@@ -80,13 +85,13 @@ def session_to_markdown(session: Session) -> str:
     settings = ", ".join(f"{k} {v}" for k, v in session.settings.items() if v is not None)
     if settings:
         out.append(f"- settings: {settings}")
-    out.append(f"- steering: {steering_text(session.steering)}")
+    out.append(f"- steering panel: {steering_text(session.steering)}")
     if session.system:
         out += ["", "## System", "", _fence(session.system)]
     for i, t in enumerate(session.turns, 1):
         out += ["", f"## Turn {i}", "", "**Prompt**", "", _fence(t.prompt), "", "**Output**", "", _fence(t.output)]
         meta = [f"seed {t.seed}" if t.seed is not None else "", f"stop: {t.stop_reason}" if t.stop_reason else "",
-                f"steering: {steering_text(t.steering)}"]
+                steering_record(t.steering_segments, t.steering, bool(t.settings.get("steering_changed_while_generating")))]
         out += ["", "_" + "; ".join(m for m in meta if m) + "_"]
         if t.unsteered is not None:
             out += ["", "**Unsteered (same seed)**", "", _fence(t.unsteered)]

@@ -5,8 +5,9 @@ generation's outcome, a save's outcome and an attribution request."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from steerling_lite import ConceptAttribution, Generation, GenerationResult, Steerling
+from steerling_lite import ConceptAttribution, Generation, GenerationResult, SteeringPlan, Steerling
 
 from . import backend
 from .backend import ModelInfo, Sampling
@@ -49,7 +50,11 @@ class Answer:
 
 @dataclass(frozen=True)
 class PendingTurn:
-    """The turn being generated: what was asked, with which settings, on which model."""
+    """The turn being generated: what was asked, with which settings, on which model.
+
+    ``plans`` holds each steering plan handed to the generation with the panel's concepts it
+    was built from (the generation's step events name the plan; the record names the concepts).
+    """
 
     prompt: str
     prompt_ids: list[int]
@@ -59,6 +64,11 @@ class PendingTurn:
     steer_seq: int
     model: ModelServices
     generation: Generation
+    plans: list[tuple[SteeringPlan, list[ConceptSpec]]] = field(default_factory=list)
+
+    def specs_of(self, plan: SteeringPlan | None) -> list[ConceptSpec]:
+        """The concepts ``plan`` was built from (``[]`` for no plan)."""
+        return next((specs for p, specs in self.plans if p is plan), []) if plan is not None else []
 
 
 @dataclass(frozen=True)
@@ -72,11 +82,14 @@ class Progress:
 
 @dataclass(frozen=True)
 class Generated:
-    """What a finished (or stopped) generation produced."""
+    """What a finished (or stopped) generation produced; ``steering_segments`` /
+    ``token_segments``: which steering produced which steps and tokens (:mod:`tui.steering_record`)."""
 
     result: GenerationResult
     positions: list[int]
     attribution: ConceptAttribution | None
+    steering_segments: list[dict[str, Any]] = field(default_factory=list)
+    token_segments: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

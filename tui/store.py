@@ -6,13 +6,14 @@ One database file, ``sessions.sqlite3`` in :func:`steerling_lite.data_dir`
 "saved" after the commit returned, so a crash never loses what was shown as saved.
 The journal is WAL, so a reader never sees half a write.
 
-Schema (version 1):
+Schema (version 2):
 
 - ``sessions``: title, model directory, system prompt, sampling settings (JSON),
   steering concepts (JSON), created / updated (Unix seconds);
 - ``turns``: one prompt and its output per row, in ``position`` order, with the
   token ids, the settings and steering used, seed, stop reason, tokens/s and the
-  unsteered output of a "Compare";
+  unsteered output of a "Compare"; since version 2 also which steering produced which
+  tokens (``steering_segments``, ``token_segments``: see :mod:`tui.steering_record`);
 - ``attributions``: concept / input attributions computed for a span of a turn's
   output (``start``..``end`` token indices, end exclusive), as JSON;
 - ``recent_models``: model directories opened, most recent first;
@@ -86,7 +87,7 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX turns_by_session ON turns (session_id, position)",
         "CREATE INDEX attributions_by_turn ON attributions (turn_id)",
     ],
-    [  # written out, not derived from the attributions table: a released migration never changes
+    [  # 2: audits (issue 11); written out, not derived from the attributions table: a released migration never changes
         """CREATE TABLE audits (
             id INTEGER PRIMARY KEY,
             turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
@@ -96,6 +97,10 @@ MIGRATIONS: list[list[str]] = [
             created_at REAL NOT NULL
         )""",
         "CREATE INDEX audits_by_turn ON audits (turn_id)",
+    ],
+    [  # 3: per-step steering record (issue 12)
+        "ALTER TABLE turns ADD COLUMN steering_segments TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE turns ADD COLUMN token_segments TEXT NOT NULL DEFAULT '[]'",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -133,7 +138,10 @@ class Turn:
         prompt_ids: the token ids the model saw (chat template included).
         token_ids: the generated token ids (what ``GenerationResult.token_ids`` holds).
         settings: sampling settings used (JSON-able dict).
-        steering: steering concepts used (list of JSON-able dicts).
+        steering: steering concepts in effect at the end (list of JSON-able dicts).
+        steering_segments: which steering produced which steps: ``[{"from_step", "to_step",
+            "tokens", "steering"}]`` (:mod:`tui.steering_record`; empty for turns saved before).
+        token_segments: per output token, the index of the segment that produced it.
         seed, stop_reason, tokens_per_s: from the generation result.
         unsteered: the unsteered output for the same seed, once compared.
         attributions: attributions computed for spans of the output.
@@ -154,6 +162,8 @@ class Turn:
     audits: list[Audit] = field(default_factory=list)
     id: int | None = None
     created_at: float = 0.0
+    steering_segments: list[dict[str, Any]] = field(default_factory=list)
+    token_segments: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -307,11 +317,11 @@ class Store:
             ).fetchone()[0]
             cur = c.execute(
                 "INSERT INTO turns (session_id, position, prompt, output, prompt_ids, token_ids, settings, steering, "
-                "seed, stop_reason, tokens_per_s, unsteered, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "seed, stop_reason, tokens_per_s, unsteered, created_at, steering_segments, token_segments) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session.id, position, turn.prompt, turn.output, _dump(turn.prompt_ids), _dump(turn.token_ids),
                  _dump(turn.settings), _dump(turn.steering), turn.seed, turn.stop_reason, turn.tokens_per_s,
-                 turn.unsteered, turn.created_at),
+                 turn.unsteered, turn.created_at, _dump(turn.steering_segments), _dump(turn.token_segments)),
             )
             turn.id = int(cur.lastrowid)
             for a in turn.attributions:
@@ -399,8 +409,8 @@ class Store:
             turn = Turn(
                 prompt=t["prompt"], output=t["output"], prompt_ids=_load(t["prompt_ids"], []),
                 token_ids=_load(t["token_ids"], []), settings=_load(t["settings"], {}),
-                steering=_load(t["steering"], []),
-                seed=t["seed"], stop_reason=t["stop_reason"], tokens_per_s=t["tokens_per_s"], unsteered=t["unsteered"],
+                steering=_load(t["steering"], []), steering_segments=_load(t["steering_segments"], []),
+                token_segments=_load(t["token_segments"], []), seed=t["seed"], stop_reason=t["stop_reason"], tokens_per_s=t["tokens_per_s"], unsteered=t["unsteered"],
                 id=t["id"], created_at=t["created_at"],
             )
             for a in self.conn.execute("SELECT * FROM attributions WHERE turn_id=? ORDER BY id", (t["id"],)):

@@ -46,7 +46,8 @@ def print_side_by_side(left_title: str, left: str, right_title: str, right: str,
 def run(args: argparse.Namespace) -> int:
     specs = steerings_from_args(args)
     if not specs:
-        raise GenerationError("nothing to steer: give at least one --amplify ID, --suppress ID or --intervene ID=WEIGHT")
+        raise GenerationError("nothing to steer: give at least one --amplify ID, --suppress ID, "
+                              "--intervene ID=WEIGHT or --steering FILE")
     text = prompt_text(args)
     lm = load_model(args, quiet=args.json)
     plan = plan_from_args(lm, args)

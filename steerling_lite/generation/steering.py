@@ -9,24 +9,23 @@ The reference's recipes (``steerling==0.2.0`` ``SteeringConfig`` and
   ``alpha = target / peak``;
 - after every block ``i`` with ``i + 1 >= inject_layer``, ``alpha · direction`` is
   added at the positions that are still masked;
-- schedules: ``fixed``, or ``hard_cutoff`` (full alpha while fewer than
-  ``cutoff_tokens`` tokens are committed, then 0);
+- schedules: ``fixed`` (as long as the steering is on), or ``hard_cutoff`` (the amplify
+  preset's: full alpha while fewer than ``cutoff_tokens`` tokens are committed, then 0);
 - ReLU logit mask: ``logits -= Σ_c strength_c · relu(E_k[c] · W_lmᵀ)``.
 
 A :class:`SteeringPlan` may hold several injection terms, each with its own strength
 and schedule; their scaled directions add up. A plan is immutable; a running
 :class:`~steerling_lite.generation.generate.Generation` takes a new one between steps.
 
-For sliders, describe each concept as a :class:`Steering` (id, mode, strength, on/off)
-and let a :class:`SteeringBuilder` turn the list into a plan; it caches the per-concept
-directions and ReLU masks, so rebuilding on every slider change costs microseconds
-after the first use of a concept. All terms of one plan inject from the same layer.
+Slider specs (:class:`~steerling_lite.generation.steering_builder.Steering`), their strength
+units and the builder that turns them into plans are in
+:mod:`steerling_lite.generation.steering_builder`; steering presets (TOML files) in
+:mod:`steerling_lite.generation.steering_preset`.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -86,7 +85,7 @@ class SteeringPlan:
     inject_layer: int = 0
     logit_offset: Tensor | None = None
     interventions: dict[int, float] = field(default_factory=dict)
-    specs: tuple[Steering, ...] = ()
+    specs: tuple[Any, ...] = ()  # the Steering specs it was built from (steering_builder)
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary: the slider specs it was built from, the inject layer, and per term
@@ -102,6 +101,12 @@ class SteeringPlan:
     @property
     def is_empty(self) -> bool:
         return not self.terms and self.logit_offset is None and not self.interventions
+
+    def in_effect(self, committed: int) -> tuple[Any, ...]:
+        """The specs that change a step run once ``committed`` tokens are committed (see
+        :meth:`Steering.in_effect`): what a record of this step's steering must name. Plans made
+        by :func:`amplify` / :func:`suppress` have no specs: ``()``."""
+        return tuple(sp for sp in self.specs if sp.in_effect(committed))
 
     def vector(self, committed: int, max_new_tokens: int, dtype: torch.dtype) -> Tensor | None:
         """``Σ alpha_t · direction_t`` ``(D,)`` in ``dtype`` for this step, or None when every alpha is 0.
@@ -230,164 +235,3 @@ def check_known_ids(model, concept_ids: Iterable[Any]) -> list[int]:
             )
         out.append(cid)
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# slider specs -> plan
-
-
-@dataclass(frozen=True)
-class Steering:
-    """One steered concept (a slider of the app, a ``--amplify`` / ``--suppress`` flag).
-
-    Attributes:
-        concept_id: known concept id.
-        mode: ``amplify`` (positive injection, reference ``SteeringConfig.injection``),
-            ``suppress`` (negative injection plus the ReLU logit mask, ``injection_relu``) or
-            ``intervene`` (set the concept's weight at the generated positions).
-        strength: amplify: target in logit units (``alpha = strength / peak``; default 8);
-            suppress: the raw injection alpha, always applied negatively (default 7, i.e.
-            alpha -7); intervene: the concept weight (a sigmoid activation, e.g. 0..1).
-        enabled: off keeps the slider's value but leaves it out of the plan.
-        group: extra known ids summed into the direction (the reference's group steering).
-        relu_strength: suppress only: strength of the ReLU logit mask (default 20).
-        cutoff_tokens: amplify only: tokens generated at full alpha (hard-cutoff schedule).
-    """
-
-    concept_id: int
-    mode: SteeringMode = "amplify"
-    strength: float | None = None
-    enabled: bool = True
-    group: tuple[int, ...] = ()
-    relu_strength: float = RELU_STRENGTH
-    cutoff_tokens: int = CUTOFF_TOKENS
-
-    @property
-    def value(self) -> float:
-        """The strength, or the mode's reference default."""
-        if self.strength is not None:
-            return float(self.strength)
-        return {"amplify": AMPLIFY_TARGET, "suppress": -SUPPRESS_ALPHA, "intervene": 1.0}[self.mode]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "concept_id": self.concept_id, "mode": self.mode, "strength": self.value, "enabled": self.enabled,
-            "group": list(self.group), "relu_strength": self.relu_strength, "cutoff_tokens": self.cutoff_tokens,
-        }
-
-
-class SteeringBuilder:
-    """Turns lists of :class:`Steering` into :class:`SteeringPlan` s for one model, caching each
-    direction (with its peak LM alignment) and each ReLU mask, so that rebuilding on every
-    slider change is cheap.
-
-    Args:
-        model: a :class:`~steerling_lite.Steerling` or its ``SteerlingModel``.
-        cache_size: directions / masks kept (each ReLU mask is ``V`` fp32: 0.4 MB for 8B).
-    """
-
-    def __init__(self, model, cache_size: int = 64):
-        self.model = getattr(model, "model", model)
-        self._directions: OrderedDict[tuple[int, ...], tuple[Tensor, float]] = OrderedDict()
-        self._relu: OrderedDict[int, Tensor] = OrderedDict()
-        self._cache_size = cache_size
-
-    def _cached(self, cache: OrderedDict, key, make):
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        value = make()
-        cache[key] = value
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return value
-
-    @torch.inference_mode()
-    def direction(self, concept_ids: tuple[int, ...]) -> tuple[Tensor, float]:
-        """Unit direction ``(D,)`` fp32 of the summed concept vectors and its peak (cached)."""
-        return self._cached(self._directions, tuple(concept_ids), lambda: concept_direction(self.model, list(concept_ids)))
-
-    @torch.inference_mode()
-    def relu_alignment(self, concept_id: int) -> Tensor:
-        """``relu(E_k[c] · W_lmᵀ)`` ``(V,)`` fp32 (cached)."""
-        return self._cached(self._relu, int(concept_id), lambda: relu_logit_mask(self.model, {int(concept_id): 1.0}))
-
-    def default_inject_layer(self, steerings: Iterable[Steering]) -> int:
-        """The presets' layer: when any concept is amplified, the amplify preset's layer 8 of
-        Steerling-8B's 32 scaled to the model's depth (``round(n_layers / 4)``, at least 1: 8 for
-        the 8B; the preset's fixed 8 would inject nothing into a model of fewer layers), else the
-        suppress preset's ``n_layers // 2``."""
-        n = self.model.cfg.n_layers
-        modes = {s.mode for s in steerings}
-        if "amplify" in modes:
-            return max(1, round(n * AMPLIFY_INJECT_LAYER / 32))
-        return n // 2
-
-    def validate(self, steerings: Iterable[Steering]) -> list[Steering]:
-        """The specs, checked: modes, ids, finite strengths, no concept steered twice the same way.
-
-        Raises:
-            ConceptError: naming the first bad spec.
-        """
-        out, seen = [], set()
-        for sp in steerings:
-            if not isinstance(sp, Steering):
-                raise ConceptError(f"expected a Steering spec, got {type(sp).__name__}")
-            if sp.mode not in ("amplify", "suppress", "intervene"):
-                raise ConceptError(f"steering mode {sp.mode!r}: expected amplify, suppress or intervene")
-            (cid,) = check_known_ids(self.model, [sp.concept_id])
-            check_known_ids(self.model, sp.group)
-            check_strength(sp.value, f"{sp.mode} strength of concept {cid}")
-            check_strength(sp.relu_strength, f"ReLU mask strength of concept {cid}")
-            if int(sp.cutoff_tokens) < 1:
-                raise ConceptError(f"cutoff_tokens of concept {cid} is {sp.cutoff_tokens}; expected >= 1")
-            key = (cid, "intervene" if sp.mode == "intervene" else "inject")
-            if key in seen:
-                raise ConceptError(f"concept {cid} is steered twice ({sp.mode}); give each concept one spec per kind")
-            seen.add(key)
-            out.append(sp)
-        return out
-
-    def build(self, steerings: Iterable[Steering], inject_layer: int | None = None) -> SteeringPlan:
-        """The plan for ``steerings`` (disabled specs and zero strengths left out; an empty plan
-        when nothing is on, which generation treats as unsteered).
-
-        ``inject_layer`` (``0..n_layers``) applies to every term; default
-        :meth:`default_inject_layer`.
-
-        Raises:
-            ConceptError: a bad spec (see :meth:`validate`) or inject layer.
-        """
-        specs = self.validate(list(steerings))
-        n_layers = self.model.cfg.n_layers
-        if inject_layer is not None:
-            if isinstance(inject_layer, bool) or not isinstance(inject_layer, int) or not 0 <= inject_layer <= n_layers:
-                raise ConceptError(f"inject_layer {inject_layer!r}: expected an integer in 0..{n_layers} (the model's layers)")
-        active = [sp for sp in specs if sp.enabled and (sp.value != 0.0 or sp.mode == "intervene")]
-        if not active:
-            return SteeringPlan(specs=tuple(specs))
-        layer = inject_layer if inject_layer is not None else self.default_inject_layer(active)
-        terms: list[InjectionTerm] = []
-        offset: Tensor | None = None
-        interventions: dict[int, float] = {}
-        for sp in active:
-            cid = int(sp.concept_id)
-            if sp.mode == "intervene":
-                interventions[cid] = sp.value
-                continue
-            ids = (cid,) + tuple(int(g) for g in sp.group if int(g) != cid)
-            direction, peak = self.direction(ids)
-            if sp.mode == "amplify":
-                terms.append(InjectionTerm(direction, sp.value / peak, "hard_cutoff", int(sp.cutoff_tokens)))
-            else:
-                terms.append(InjectionTerm(direction, -abs(sp.value), "fixed"))
-                if sp.relu_strength != 0.0:
-                    mask = float(sp.relu_strength) * self.relu_alignment(cid)
-                    offset = mask if offset is None else offset + mask
-        return SteeringPlan(terms=tuple(terms), inject_layer=layer, logit_offset=offset,
-                            interventions=interventions, specs=tuple(specs))
-
-
-def build_steering(model, steerings: Iterable[Steering], inject_layer: int | None = None) -> SteeringPlan:
-    """One-off :meth:`SteeringBuilder.build` (keep a :class:`SteeringBuilder` to rebuild often)."""
-    return SteeringBuilder(model).build(steerings, inject_layer)

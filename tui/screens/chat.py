@@ -29,10 +29,10 @@ from textual.worker import get_current_worker
 from steerling_lite import data_dir
 
 from ..backend import Sampling, StatusSource
-from ..concepts import steering_text
 from ..conversation import Conversation
 from ..jobs import USER_ERRORS, JobRunner
 from ..records import Answer, Generated, PendingTurn, Progress, SpanRequest
+from ..steering_record import steering_label
 from ..widgets import AttributionPanel, OutputView, PromptArea, SamplingForm, StatusBar, SteeringPanel, TurnView
 from ..widgets.output import meta_line
 from ..audit import audit_target
@@ -289,7 +289,8 @@ class ChatScreen(JobRunner, Screen):
 
     def _show_compare(self, answer: Answer) -> None:
         t = answer.turn
-        self.app.push_screen(CompareScreen(t.prompt, t.output, t.unsteered or "", steering_text(t.steering), t.seed))
+        label = steering_label(t.steering_segments, t.steering)
+        self.app.push_screen(CompareScreen(t.prompt, t.output, t.unsteered or "", label, t.seed))
 
     # ---- attribution ------------------------------------------------------------------------
     @on(OutputView.AttributeRequest)

@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from ..concepts import steering_text
+from ..steering_record import steering_footer
 from ..store import Turn
 
 PLACEHOLDER = "░"
@@ -245,9 +245,6 @@ class TurnView(Vertical):
 def meta_line(turn: Turn) -> str:
     """The line under an answer: seed, tokens, why it stopped, the steering it ran with."""
     parts = [f"seed {turn.seed}", f"{len(turn.token_ids)} tokens", f"stop: {turn.stop_reason}"]
-    steer = steering_text(turn.steering)
-    if turn.settings.get("steering_changed_while_generating"):
-        parts.append(f"steering changed while generating, ended with: {steer}")
-    elif steer != "none":
-        parts.append(f"steered: {steer}")
-    return " · ".join(parts)
+    steer = steering_footer(turn.steering_segments, turn.steering,
+                            bool(turn.settings.get("steering_changed_while_generating")))
+    return " · ".join(parts + ([steer] if steer else []))

@@ -21,7 +21,7 @@ from textual.widgets.option_list import Option
 from steerling_lite import Concept
 
 from ..backend import BackendError
-from ..concepts import DEFAULT_STRENGTH, STRENGTH_MAX, STRENGTH_MIN, Catalog, ConceptSpec
+from ..concepts import DEFAULT_STRENGTH, STRENGTH_HELP, STRENGTH_MAX, STRENGTH_MIN, Catalog, ConceptSpec
 
 
 class ConceptRow(Widget, can_focus=True):
@@ -58,6 +58,7 @@ class ConceptRow(Widget, can_focus=True):
         self.label = spec.label
         self.set_reactive(ConceptRow.strength, spec.strength)
         self.set_reactive(ConceptRow.enabled, spec.enabled)
+        self.tooltip = STRENGTH_HELP
 
     @property
     def spec(self) -> ConceptSpec:
