@@ -282,14 +282,19 @@ async def test_concept_search_by_name_with_labels_file(tiny_ckpt, home, tmp_path
 # attribution
 
 
+async def first_answer(pilot, prompt: str = "Attribution test", seed: int = 2):
+    """The loaded chat screen and the state of its first answer to ``prompt`` (seed ``seed``)."""
+    chat = await loaded(pilot)
+    set_form(chat, seed=seed)
+    await send(pilot, chat, prompt)
+    return chat, chat.states[0]
+
+
 @async_test
 async def test_attribution_of_a_token_and_its_inputs(tiny_ckpt, home):
     app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
     async with app.run_test(size=SIZE) as pilot:
-        chat = await loaded(pilot)
-        set_form(chat, seed=2)
-        await send(pilot, chat, "Attribution test")
-        state = chat.states[0]
+        chat, state = await first_answer(pilot)
         await pilot.press("ctrl+g")
         assert app.focused is state.view.output
         await pilot.press("right", "right", "enter")
@@ -329,10 +334,7 @@ async def test_input_tokens_by_occlusion_or_integrated_gradients(tiny_ckpt, home
     """i: occlusion (the default); I: integrated gradients; each saved with its method."""
     app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
     async with app.run_test(size=SIZE) as pilot:
-        chat = await loaded(pilot)
-        set_form(chat, seed=2)
-        await send(pilot, chat, "Attribution test")
-        state = chat.states[0]
+        chat, state = await first_answer(pilot)
         await pilot.press("ctrl+g", "right", "i")
         await wait_for(pilot, lambda: state.turn.attributions, what="occlusion inputs")
         (saved,) = state.turn.attributions
