@@ -12,7 +12,7 @@ import pytest
 from steerling_lite import GenerationConfig, Steerling, SteeringBuilder, explain
 from steerling_lite.cli import main
 from steerling_lite.errors import ConceptError, RetrievalError
-from steerling_lite.generation.steering import Steering
+from steerling_lite.generation.steering_builder import Steering
 from steerling_lite.interpret import index_build
 from steerling_lite.interpret.audit import audit_span, span_inputs, suppression, top_known
 from steerling_lite.interpret.index_build import build_index, default_corpus_path

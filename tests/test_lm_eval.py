@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-evaluation-harness is not installed (pip install -e .[eval])")
 
 from steerling_lite import GenerationConfig, Steerling  # noqa: E402
-from steerling_lite.errors import InputError  # noqa: E402
+from steerling_lite.errors import ConceptError, InputError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,11 +111,11 @@ def test_model_args_are_checked_and_steering_presets_read(ckpt, tmp_path):
     with pytest.raises(InputError, match="cfg"):
         SteerlingLiteLM(pretrained=str(ckpt), dtype="fp32", cfg="lots")
     preset = tmp_path / "p.toml"
-    preset.write_text('inject_layer = 1\n[[steering]]\nconcept_id = 3\nmode = "suppress"\nstrength = 5.0\n')
+    preset.write_text('inject_layer = 1\n[[concept]]\nid = 3\nmode = "suppress"\nstrength = 5.0\n')
     specs, layer = read_steering_preset(preset)
     assert layer == 1 and specs[0].concept_id == 3 and specs[0].mode == "suppress" and specs[0].value == 5.0
-    preset.write_text('[[steering]]\nconcept = 3\n')
-    with pytest.raises(InputError, match="concept_id"):
+    preset.write_text('[[concept]]\nconcept = 3\n')
+    with pytest.raises(ConceptError, match=r"concept\[0\]"):
         read_steering_preset(preset)
     model = SteerlingLiteLM(pretrained=str(ckpt), dtype="fp32", amplify="3:6;5", inject_layer=1, mc_num=4,
                             mc_batch_size=4)

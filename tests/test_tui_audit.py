@@ -13,7 +13,7 @@ import pytest
 from textual.widgets import Input, OptionList
 
 from steerling_lite import Steerling, SteeringBuilder, default_model_dir, span_inputs
-from steerling_lite.generation.steering import Steering
+from steerling_lite.generation.steering_builder import Steering
 from steerling_lite.interpret import index_build
 from steerling_lite.interpret.index_build import default_corpus_path
 from tui.app import SteerlingApp

@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 
 from ..errors import RetrievalError
-from ..generation.steering import SteeringBuilder
+from ..generation.steering_builder import SteeringBuilder
 from ..interpret.audit import (DEFAULT_INPUT_METHOD, INPUT_METHODS, METHOD_NAMES, audit_span, span_positions,
                                suppression)
 from ..interpret.prompt_units import GRANULARITIES

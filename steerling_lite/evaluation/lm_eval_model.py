@@ -29,13 +29,15 @@ What each request type computes (the reference's ``steerling==0.2.0``
 
 Steering (to benchmark a steering preset), in ``model_args``: ``amplify=ID[:TARGET]``,
 ``suppress=ID[:ALPHA]``, ``intervene=ID:WEIGHT`` (several separated by ``;``),
-``inject_layer=N``, or ``steering=FILE.toml``, a preset file::
+``inject_layer=N``, or ``steering=FILE.toml``, a steering preset (the format the app saves
+and ``--steering FILE`` reads: :mod:`steerling_lite.generation.steering_preset`)::
 
     inject_layer = 8                 # optional
-    [[steering]]                     # one table per concept: the fields of Steering
-    concept_id = 1234
+    [[concept]]                      # one table per concept
+    id = 1234
     mode = "amplify"                 # amplify | suppress | intervene
-    strength = 8.0                   # optional: the mode's default
+    strength = 3.0
+    units = "relative"               # relative (default) | reference
 
 Likelihoods are then computed as in the first denoising step of a steered generation
 (:func:`~steerling_lite.evaluation.likelihood.masked_logprobs`), generations steered as
@@ -45,8 +47,6 @@ Likelihoods are then computed as in the first denoising step of a steered genera
 from __future__ import annotations
 
 import sys
-import tomllib
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..generation.generate import GenerationConfig
-from ..generation.steering import Steering, SteeringBuilder, SteeringPlan
+from ..generation.steering import SteeringPlan
+from ..generation.steering_builder import Steering, SteeringBuilder
+from ..generation.steering_preset import load_preset
 from ..loading.hub import resolve_model_dir
 from ..runtime import Steerling
 from .likelihood import DEFAULT_GROUP, DEFAULT_SAMPLES, mc_loglikelihood
@@ -92,29 +94,14 @@ def _specs(text: Any, mode: str, need_value: bool = False) -> list[Steering]:
 
 
 def read_steering_preset(path: str | Path) -> tuple[list[Steering], int | None]:
-    """The ``[[steering]]`` specs and the optional ``inject_layer`` of a TOML preset file.
+    """The steered concepts and the optional ``inject_layer`` of a steering preset file (the
+    app's and ``--steering FILE``'s TOML format: :mod:`steerling_lite.generation.steering_preset`).
 
     Raises:
-        InputError: an unreadable file, bad TOML, or a table with unknown or missing keys.
+        ConceptError: an unreadable file, bad TOML, or a bad field (named).
     """
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise InputError(f"steering preset {path}: {exc}") from None
-    allowed = {f.name for f in fields(Steering)}
-    specs = []
-    for i, table in enumerate(data.get("steering", [])):
-        unknown = set(table) - allowed if isinstance(table, dict) else {"(not a table)"}
-        if unknown or "concept_id" not in table:
-            raise InputError(f"steering preset {path}: [[steering]] #{i + 1} needs concept_id and may have "
-                             f"{', '.join(sorted(allowed))}; got {', '.join(sorted(unknown)) or 'no concept_id'}")
-        if "group" in table:
-            table = {**table, "group": tuple(table["group"])}
-        specs.append(Steering(**table))
-    layer = data.get("inject_layer")
-    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
-        raise InputError(f"steering preset {path}: inject_layer must be an integer, got {layer!r}")
-    return specs, layer
+    preset = load_preset(path)
+    return list(preset.steerings), preset.inject_layer
 
 
 def encode_text(tokenizer, text: str) -> list[int]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConceptError
-from ..generation.steering import Steering
+from ..generation.steering_builder import Steering
 from .chunks import ChunkAttribution, ChunkConcept
 from .input_attribution import InputScore, input_attribution
 from .occlusion import occlusion
