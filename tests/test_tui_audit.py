@@ -17,7 +17,7 @@ from steerling_lite.generation.steering_builder import Steering
 from steerling_lite.interpret import index_build
 from steerling_lite.interpret.index_build import default_corpus_path
 from tui.app import SteerlingApp
-from tui.audit import merge
+from tui.audit import SUPPRESS_STRENGTH, merge
 from tui.backend import Sampling
 from tui.concepts import attribute_span
 from tui.export import session_to_dict, session_to_markdown
@@ -93,7 +93,9 @@ async def test_audit_loop_on_the_default_model(home, small_corpus, tmp_path):
         compare = app.screen
         sup = screen.data["suppressed"]
         assert (sup["concept_id"], sup["seed"]) == (top["concept_id"], turn.seed)
-        plan = SteeringBuilder(app.lm).build([Steering(top["concept_id"], "suppress", 7.0)])
+        # the panel's scale (relative units, no cut-off), as a slider at SUPPRESS_STRENGTH would steer
+        plan = SteeringBuilder(app.lm).build([Steering(top["concept_id"], "suppress", -SUPPRESS_STRENGTH,
+                                                       schedule="fixed", units="relative")])
         config = Sampling.from_dict({**turn.settings, "seed": turn.seed}).to_config()
         assert sup["text"] == app.lm.generate(turn.prompt_ids, config, plan).text
         assert (compare.steered, compare.unsteered) == (sup["text"], turn.output)

@@ -33,7 +33,7 @@ from steerling_lite import (
 )
 
 from .backend import BackendError, Sampling
-from .concepts import ConceptSpec, attribute_span, span_positions
+from .concepts import DEFAULT_STRENGTH, ConceptSpec, attribute_span, span_positions
 from .conversation import RUNNING, Conversation
 from .records import Answer, ModelServices, Saved
 from .store import Audit, StoreError, Turn
@@ -41,7 +41,7 @@ from .store import Audit, StoreError, Turn
 INPUT_UNITS = 16  # prompt units kept in an audit, strongest first
 NEIGHBOURS = 5  # training chunks kept
 SHARED = 4  # shared concepts kept per chunk
-SUPPRESS_STRENGTH = -7.0  # the suppress preset (steerling_lite's SUPPRESS_ALPHA), as the steering panel's scale
+SUPPRESS_STRENGTH = -DEFAULT_STRENGTH  # on the steering panel's (relative) scale: the default slider, negated
 
 IndexProgress = Callable[[int, int], None]  # (bytes of corpus indexed, bytes in all)
 
