@@ -233,18 +233,21 @@ def attribute_span(attribution: ConceptAttribution, positions: Sequence[int], st
     }
 
 
-def attribute_inputs(lm: Steerling, attribution: ConceptAttribution, position: int,
+def attribute_inputs(lm: Steerling, attribution: ConceptAttribution, position: int | Sequence[int],
                      n_steps: int = 32) -> list[dict[str, Any]]:
     """Integrated-gradients score of each prompt token for the token committed at absolute
     ``position``, on the sequence the model read when it committed it (``n_steps`` extra
-    forward/backward passes: call from a worker thread).
+    forward/backward passes: call from a worker thread). Several positions (a span): the sum
+    of their scores, which is the integrated gradients of the sum of their logits (IG is
+    linear in the target), at ``n_steps`` passes per token.
 
     Returns:
         ``[{"index", "text", "score"}]`` per prompt token, in prompt order (logit units).
     """
-    ia = input_attribution(lm, attribution, [position], n_steps=n_steps)
+    positions = [position] if isinstance(position, int) else list(position)
+    ia = input_attribution(lm, attribution, positions, n_steps=n_steps)
     prompt_len = attribution.prompt_len
-    scores = ia.scores[0, :prompt_len].tolist()
+    scores = ia.scores[:, :prompt_len].sum(0).tolist()
     ids = attribution.trace.prompt_ids
     return [{"index": i, "text": token_text(lm, t), "score": float(s)}
             for i, (t, s) in enumerate(zip(ids, scores))]

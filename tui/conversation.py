@@ -281,7 +281,8 @@ class Conversation:
         note = ""
         if req.inputs:
             try:
-                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution, answer.positions[req.start])
+                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution,
+                                                  answer.positions[req.start:req.end])
             except SteerlingError as exc:
                 note = f"no input attribution: {exc}"
         return data, note

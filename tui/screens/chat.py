@@ -12,7 +12,8 @@ denoising step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -34,7 +35,7 @@ from ..conversation import Conversation
 from ..jobs import USER_ERRORS, JobRunner
 from ..records import Answer, Generated, PendingTurn, Progress, SpanRequest
 from ..widgets import AttributionPanel, OutputView, PromptArea, SamplingForm, StatusBar, SteeringPanel, TurnView
-from ..widgets.output import meta_line
+from ..widgets.output import clean, meta_line
 from .compare import CompareScreen
 from .export import ExportScreen
 from .history import HistoryScreen
@@ -83,11 +84,12 @@ class ChatScreen(JobRunner, Screen):
     ]
 
     class GenStep(Message):
-        """A redraw of the answer being generated in ``view``."""
+        """A redraw of the answer being generated in ``view``; ``tokens_per_s``: committed
+        tokens per second of generation so far."""
 
-        def __init__(self, view: TurnView, progress: Progress) -> None:
+        def __init__(self, view: TurnView, progress: Progress, tokens_per_s: float | None = None) -> None:
             super().__init__()
-            self.view, self.progress = view, progress
+            self.view, self.progress, self.tokens_per_s = view, progress, tokens_per_s
 
     def __init__(self, conversation: Conversation, status_source: StatusSource) -> None:
         super().__init__()
@@ -96,7 +98,8 @@ class ChatScreen(JobRunner, Screen):
         self.views: list[TurnView] = []  # the view of each answer of the conversation
         self.busy = ""  # what a worker is doing, for the status line
         self.live_steering_updates = 0  # steering plans handed to running generations
-        self._attr_target: tuple[Answer, TurnView, int] | None = None  # the answer and token the panel shows
+        self.live_tps: float | None = None  # tokens/s of the running generation so far
+        self._attr_target: tuple[Answer, TurnView, int, int] | None = None  # the answer and span the panel shows
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -104,6 +107,7 @@ class ChatScreen(JobRunner, Screen):
             with Vertical(id="chat-col"):
                 with VerticalScroll(id="turns"):
                     yield Static(Text(WELCOME, style="dim"), id="welcome")
+                    yield Static("", id="system-line")
                 yield Static("", id="chat-error", classes="error")
                 yield PromptArea(id="prompt", placeholder="Prompt (enter: send, shift+enter: new line)")
             with TabbedContent(id="side", initial="tab-settings"):
@@ -120,6 +124,8 @@ class ChatScreen(JobRunner, Screen):
         self.query_one(SamplingForm).set_values(Sampling())
         self.query_one(SamplingForm).set_chat(False)
         self.query_one("#prompt", PromptArea).focus()
+        self.query_one("#system-line").display = False
+        self.query_one("#turns", VerticalScroll).anchor()  # follow what is added unless scrolled up
         self.refresh_status()
         self.set_interval(2.0, self.refresh_status)
 
@@ -147,6 +153,10 @@ class ChatScreen(JobRunner, Screen):
 
     def on_chat_screen_gen_step(self, event: GenStep) -> None:
         event.view.output.show_progress(event.progress.committed, event.progress.block)
+        if event.tokens_per_s is not None and self.conversation.pending is not None:
+            self.live_tps = event.tokens_per_s
+            bar = self.query_one(StatusBar)
+            bar.show(replace(bar.status, tokens_per_s=self.live_tps))
 
     # ---- status -------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -159,7 +169,8 @@ class ChatScreen(JobRunner, Screen):
         lm = self.conversation.lm
         state = self.busy or ("ready" if lm is not None else "no model: ctrl+o")
         try:
-            status = self.status_source(lm, self.conversation.last_tps)
+            tps = self.live_tps if self.conversation.pending is not None else self.conversation.last_tps
+            status = self.status_source(lm, tps)
         except Exception:  # a status line must never break the app
             status = None
         self.query_one(StatusBar).show(status, state, saved)
@@ -179,8 +190,14 @@ class ChatScreen(JobRunner, Screen):
         self.sub_title = f"{info.name} · {info.kind}" + ("" if info.interpretable else " · no concept heads")
         self.app.sub_title = self.sub_title
         self.action_new_session(quiet=True)
-        self.show_error("")
+        self.clear_errors()
         self.refresh_status()
+
+    def clear_errors(self) -> None:
+        """Clear what earlier errors left on screen (above the prompt, in the panels, notifications)."""
+        self.show_error("")
+        self.query_one(SteeringPanel).show_error("")
+        self.app.clear_notifications()
 
     # ---- generating -------------------------------------------------------------------------
     @on(PromptArea.Submitted)
@@ -198,17 +215,25 @@ class ChatScreen(JobRunner, Screen):
         self.show_error("")
         self.query_one("#prompt", PromptArea).clear()
         self.query_one("#welcome").display = False
+        self._show_system(pending.system)
         view = TurnView(text, classes="turn")
-        self.query_one("#turns", VerticalScroll).mount(view)
-        view.scroll_visible()
+        turns = self.query_one("#turns", VerticalScroll)
+        turns.mount(view)
+        turns.anchor()  # a new answer is followed as it grows, until the user scrolls up
+        self.live_tps = None
         self.set_busy("generating… (esc stops)")
 
         def job() -> Generated:
             worker = get_current_worker()
-            return self.conversation.generate(
-                pending, lambda p: self.post_message(self.GenStep(view, p)),
-                cancelled=lambda: worker.is_cancelled, min_interval=STEP_UPDATE_S,
-            )
+            t0 = time.monotonic()
+
+            def progress(p: Progress) -> None:
+                elapsed = time.monotonic() - t0
+                tokens = len(pending.generation.output_positions())
+                self.post_message(self.GenStep(view, p, tokens / elapsed if elapsed > 0 else None))
+
+            return self.conversation.generate(pending, progress, cancelled=lambda: worker.is_cancelled,
+                                              min_interval=STEP_UPDATE_S)
 
         self.run_job(job, partial(self._generated, pending, view), partial(self._generation_failed, pending, view),
                      what="generation", group="generate", exclusive=True)
@@ -220,6 +245,7 @@ class ChatScreen(JobRunner, Screen):
         view.turn_index = len(self.views) - 1
         view.output.show_tokens(answer.tokens)
         view.set_meta(meta_line(answer.turn))
+        self.live_tps = None
         self.busy = "stopped: partial answer kept" if answer.turn.stop_reason == "cancelled" else ""
         if saved.error:
             self.show_error(saved.error)
@@ -228,6 +254,7 @@ class ChatScreen(JobRunner, Screen):
     def _generation_failed(self, pending: PendingTurn, view: TurnView, message: str) -> None:
         self.conversation.fail(pending)
         view.remove()
+        self.live_tps = None
         self.busy = ""
         self.show_error(message)
         self.refresh_status()
@@ -299,16 +326,16 @@ class ChatScreen(JobRunner, Screen):
     @on(AttributionPanel.InputsRequest)
     def _inputs_request(self) -> None:
         if self._attr_target is not None:
-            answer, view, start = self._attr_target
-            self.attribute(TurnState(answer, view), start, start + 1, inputs=True)
+            answer, view, start, end = self._attr_target
+            self.attribute(TurnState(answer, view), start, end, inputs=True)
 
     def attribute(self, state: TurnState, start: int, end: int, inputs: bool = False) -> None:
         """Concept attribution of answer tokens ``start..end`` shown in the panel (and saved);
-        with ``inputs``, also the input tokens behind token ``start`` (integrated gradients)."""
+        with ``inputs``, also the input tokens behind them (integrated gradients)."""
         panel = self.query_one(AttributionPanel)
         self.action_tab("tab-attr")
         state.view.output.focus()
-        self._attr_target = (state.answer, state.view, start)
+        self._attr_target = (state.answer, state.view, start, end)
         req = self.conversation.span_request(state.answer, start, end, inputs)
         if req.reason:
             if req.saved is not None:
@@ -349,6 +376,7 @@ class ChatScreen(JobRunner, Screen):
             return
         self._clear_turns()
         if not quiet:
+            self.clear_errors()
             self.query_one("#prompt", PromptArea).focus()
 
     def _clear_turns(self) -> None:
@@ -356,6 +384,7 @@ class ChatScreen(JobRunner, Screen):
             view.remove()
         self.views = []
         self.query_one("#welcome").display = True
+        self._show_system("")
         self.query_one(AttributionPanel).show(None)
         self.busy = ""
         self.refresh_status(saved=None)
@@ -389,6 +418,7 @@ class ChatScreen(JobRunner, Screen):
         self._clear_turns()
         turns = self.query_one("#turns", VerticalScroll)
         self.query_one("#welcome").display = not session.turns
+        self._show_system(session.system if self.conversation.answers else "")
         for answer in self.conversation.answers:
             view = TurnView(answer.turn.prompt, classes="turn")
             await turns.mount(view)
@@ -405,6 +435,12 @@ class ChatScreen(JobRunner, Screen):
             self.notify(f"this session was made with {session.model}", timeout=5)
         self.refresh_status(saved=True)
 
+    def _show_system(self, system: str) -> None:
+        """Show the system prompt an instruct chat runs with (dim, above the turns); blank hides it."""
+        line = self.query_one("#system-line", Static)
+        line.update(Text.assemble(("system ", "bold"), clean(system.strip())))
+        line.display = bool(system.strip())
+
     def action_export(self) -> None:
         session = self.conversation.session
         if session.id is None:
@@ -420,6 +456,8 @@ class ChatScreen(JobRunner, Screen):
 
     # ---- panels and focus ---------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
+        """Show side panel ``tab`` and focus its first field (the attribution panel takes the
+        focus only from another pane, so an answer keeps it while its tokens are attributed)."""
         side = self.query_one("#side", TabbedContent)
         side.display = True
         side.active = tab
@@ -427,6 +465,8 @@ class ChatScreen(JobRunner, Screen):
             self.query_one("#concept-search").focus()
         elif tab == "tab-settings":
             self.query_one("#set-max_new_tokens").focus()
+        elif self.focused is not None and side in self.focused.ancestors:
+            self.query_one("#attr-scroll").focus()
 
     def action_find_concept(self) -> None:
         self.action_tab("tab-steer")

@@ -13,7 +13,8 @@ from ..widgets.output import clean
 
 
 class CompareScreen(ModalScreen):
-    """Two columns: steered (with the concepts used) and unsteered; esc closes."""
+    """Two columns: steered (with the concepts used) and unsteered; esc (or q, ctrl+t) closes, as the
+    box's bottom border says."""
 
     BINDINGS = [Binding("escape,q,ctrl+t", "close", "Close")]
 
@@ -23,7 +24,8 @@ class CompareScreen(ModalScreen):
         self.steering, self.seed = steering, seed
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="compare-box"):
+        with Vertical(id="compare-box") as box:
+            box.border_subtitle = "esc close"
             yield Label(Text(f"Compare (seed {self.seed}): {clean(self.prompt)[:60]}", no_wrap=True,
                              overflow="ellipsis"), classes="section")
             with Horizontal(id="compare-cols"):

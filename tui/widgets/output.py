@@ -145,9 +145,10 @@ class OutputView(Static, can_focus=True):
             self.post_message(self.AttributeRequest(self, start, end, inputs=False))
 
     def action_inputs(self) -> None:
+        """Attribute the selection and the input tokens behind it (the selection is kept)."""
         if self.tokens:
-            self.anchor = None  # input attribution is per token: select just the one under the cursor
-            self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True))
+            start, end = self.selection
+            self.post_message(self.AttributeRequest(self, start, end, inputs=True))
 
     # ---- drawing -----------------------------------------------------------------------
     def _redraw(self) -> None:
