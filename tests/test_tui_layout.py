@@ -206,14 +206,23 @@ async def test_function_keys_work_from_the_concept_search_and_tab_reaches_the_ro
 
 
 @async_test
-async def test_footer_shows_whole_keys(tiny_ckpt, home):
-    app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
+async def test_footer_shows_whole_keys(labelled_ckpt, home):
+    """At 80 columns, whatever has the focus: every key of the footer whole, left of the
+    command palette's, and nothing after that one."""
+    app = SteerlingApp(labelled_ckpt, status_source=fixed_status, device="cpu")
     async with app.run_test(size=(80, 24)) as pilot:
         chat = await loaded(pilot)
-        footer = region_text(app, chat.query_one(Footer))[0]
-        assert "^p palette" in footer and "palettek" not in footer
-        words = footer.split()
-        assert all(len(w) > 1 for w in words), footer  # no stray one-letter key
+        await send(pilot, chat, "Footer")
+        await pilot.press("f3", *"#3", "enter")
+        footer = chat.query_one(Footer)
+        for focus in (chat.query_one("#prompt"), chat.states[0].view.output, chat.query_one(ConceptRow)):
+            focus.focus()
+            await pilot.pause()
+            line = region_text(app, footer)[0]
+            assert line.rstrip().endswith("^p palette"), line
+            keys = [k for k in footer.query("FooterKey") if not k.has_class("-command-palette")]
+            palette = footer.query_one(".-command-palette")
+            assert keys and all(k.region.right <= palette.region.x for k in keys), (type(focus).__name__, line)
 
 
 # ---------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ class OutputView(Static, can_focus=True):
         Binding("shift+right", "extend(1)", "Extend right", show=False),
         Binding("home", "jump(0)", "First", show=False),
         Binding("end", "jump(-1)", "Last", show=False),
-        Binding("enter", "attribute", "Attribute"),
-        Binding("i", "inputs", "Input tokens"),
+        Binding("enter", "attribute", "Explain"),
+        Binding("i", "inputs", "Inputs"),
     ]
 
     cursor: reactive[int] = reactive(0)

@@ -36,8 +36,8 @@ class ConceptRow(Widget, can_focus=True):
         Binding("right", "nudge(1)", "Stronger", show=False),
         Binding("shift+left", "nudge(-5)", "Weaker ×5", show=False),
         Binding("shift+right", "nudge(5)", "Stronger ×5", show=False),
-        Binding("space", "toggle", "On/off"),
-        Binding("delete,backspace", "remove", "Remove"),
+        Binding("space", "toggle", "On/off", key_display="␣"),
+        Binding("delete,backspace", "remove", "Remove", key_display="del"),
     ]
 
     strength: reactive[float] = reactive(DEFAULT_STRENGTH, init=False)
