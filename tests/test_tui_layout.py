@@ -113,7 +113,7 @@ async def test_long_concept_name_keeps_its_slider(labelled_ckpt, home, size):
         assert region_text(app, row)[1].rstrip().endswith(f"{STRENGTH_MIN:+.0f}")
 
 
-@pytest.mark.parametrize("width, side", [(60, 24), (80, 32), (120, 48), (200, 60)])
+@pytest.mark.parametrize("width, side", [(60, 27), (80, 32), (120, 48), (200, 60)])
 @async_test
 async def test_side_panel_width_is_proportional_within_bounds(tiny_ckpt, home, width, side):
     app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
@@ -215,9 +215,10 @@ async def test_footer_shows_whole_keys(labelled_ckpt, home):
         await send(pilot, chat, "Footer")
         await pilot.press("f3", *"#3", "enter")
         footer = chat.query_one(Footer)
-        for focus in (chat.query_one("#prompt"), chat.states[0].view.output, chat.query_one(ConceptRow)):
+        for focus, key in ((chat.query_one("#prompt"), "Stop"), (chat.states[0].view.output, "Explain"),
+                           (chat.query_one(ConceptRow), "On/off")):
             focus.focus()
-            await pilot.pause()
+            await wait_for(pilot, lambda: key in region_text(app, footer)[0], what=f"the footer for {key}")
             line = region_text(app, footer)[0]
             assert line.rstrip().endswith("^p palette"), line
             keys = [k for k in footer.query("FooterKey") if not k.has_class("-command-palette")]
@@ -357,9 +358,11 @@ async def test_deleting_a_session_asks_first(tiny_ckpt, home):
             assert app.screen.query_one(DataTable).row_count == left
             assert len(app.store.list_sessions()) == left
             await pilot.press("escape")
-        # enter on the dialog presses its focused button, which is No
-        await pilot.press("ctrl+n")
+        # the session on screen was deleted: a new one took its place, and it is saved
+        assert chat.states == [] and chat.session.id is None
         await send(pilot, chat, "Keep me too")
+        assert "● saved" in str(chat.query_one(StatusBar).content)
+        # enter on the dialog presses its focused button, which is No
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), what="history")
         await pilot.press("delete")
@@ -390,6 +393,7 @@ async def test_concept_search_without_a_match_says_so(labelled_ckpt, home):
     async with app.run_test(size=(80, 24)) as pilot:
         chat = await loaded(pilot)
         await pilot.press("f3", *"melody")
+        await pilot.pause()
         note = chat.query_one("#steer-note")
         assert str(note.content) == "no concept matches 'melody'"
         assert "no concept matches 'melody'" in "\n".join(screen_lines(app))

@@ -104,6 +104,7 @@ class ChatScreen(JobRunner, Screen):
         self.busy = ""  # what a worker is doing, for the status line
         self.live_steering_updates = 0  # steering plans handed to running generations
         self.live_tps: float | None = None  # tokens/s of the running generation so far
+        self.following = True  # the chat shows its end as it grows (false once the user scrolls up)
         self._attr_target: tuple[Answer, TurnView, int, int] | None = None  # the answer and span the panel shows
 
     def compose(self) -> ComposeResult:
@@ -130,6 +131,7 @@ class ChatScreen(JobRunner, Screen):
         self.query_one(SamplingForm).set_chat(False)
         self.query_one("#prompt", PromptArea).focus()
         self.query_one("#system-line").display = False
+        self.watch(self.query_one("#turns", VerticalScroll), "scroll_y", self._chat_scrolled, init=False)
         self.refresh_status()
         self.set_interval(2.0, self.refresh_status)
 
@@ -155,14 +157,22 @@ class ChatScreen(JobRunner, Screen):
     def _state_for(self, view: TurnView | OutputView) -> TurnState | None:
         return next((s for s in self.states if s.view is view or s.view.output is view), None)
 
+    def _chat_scrolled(self, old: float, new: float) -> None:
+        """Follow the chat's end unless the user scrolled up; again once they are back at the end."""
+        if new < old:
+            self.following = False
+        if new >= self.query_one("#turns", VerticalScroll).max_scroll_y:
+            self.following = True
+
     def _follow(self, change: Callable[[], object]) -> None:
-        """Make ``change`` to the chat and, when the chat was scrolled to its end (the user has
-        not scrolled up), keep it there: a growing answer is followed."""
-        turns = self.query_one("#turns", VerticalScroll)
-        at_end = turns.scroll_y >= turns.max_scroll_y
+        """Make ``change`` to the chat; while :attr:`following`, show the chat's end once the
+        change is laid out (a growing answer is followed)."""
         change()
-        if at_end:
-            turns.scroll_end(animate=False)  # once the change is laid out
+        self.call_after_refresh(self._show_end)
+
+    def _show_end(self) -> None:
+        if self.following:
+            self.query_one("#turns", VerticalScroll).scroll_end(animate=False, immediate=True)
 
     def on_chat_screen_gen_step(self, event: GenStep) -> None:
         self._follow(lambda: event.view.output.show_progress(event.progress.committed, event.progress.block))
@@ -230,9 +240,8 @@ class ChatScreen(JobRunner, Screen):
         self.query_one("#welcome").display = False
         self._show_system(pending.system)
         view = TurnView(text, classes="turn")
-        turns = self.query_one("#turns", VerticalScroll)
-        turns.mount(view)
-        turns.scroll_end(animate=False)  # the new answer is followed as it grows, until the user scrolls up
+        self.following = True  # the new answer is followed as it grows, until the user scrolls up
+        self._follow(lambda: self.query_one("#turns", VerticalScroll).mount(view))
         self.live_tps = None
         self.set_busy("generating… (esc stops)")
 
@@ -422,6 +431,10 @@ class ChatScreen(JobRunner, Screen):
                 self.conversation.delete_session(session_id)
             except USER_ERRORS as exc:
                 self.notify(str(exc), severity="error", timeout=6)
+                return
+            if session_id == self.conversation.session.id:  # the one on screen: start afresh
+                self.action_new_session(quiet=True)
+                self.notify("the open session was deleted: this is a new one", timeout=5)
 
         self.app.push_screen(HistoryScreen(sessions, on_delete=delete), opened)
 

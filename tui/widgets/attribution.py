@@ -66,7 +66,7 @@ class AttributionPanel(Vertical):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="attr-scroll"):
             yield Static(Text(HINT, style="dim"), id="attr-body")
-            yield Button("Input tokens (i, slow)", id="attr-inputs", compact=True, disabled=True)
+            yield Button("Input tokens (i)", id="attr-inputs", compact=True, disabled=True)
             yield Static("", id="attr-inputs-body")
         yield Static(Text(MORE, style="italic"), id="attr-more", classes="hint")
 

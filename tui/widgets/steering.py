@@ -154,7 +154,7 @@ class SteeringPanel(Vertical):
         return [row.spec for row in self.query(ConceptRow)]
 
     def show_error(self, message: str) -> None:
-        self.query_one("#steer-error", Static).update(Text(message))
+        _show_line(self.query_one("#steer-error", Static), message)
 
     @on(Input.Changed, "#concept-search")
     def _search(self, event: Input.Changed) -> None:
@@ -173,7 +173,7 @@ class SteeringPanel(Vertical):
                 note = f"no concept matches {query!r}"
                 if not self.catalog.labelled:
                     note += ": this model has no concept labels file, search by #id"
-        self.query_one("#steer-note", Static).update(Text(note))
+        _show_line(self.query_one("#steer-note", Static), note)
 
     @on(Input.Submitted, "#concept-search")
     def _submit(self, event: Input.Submitted) -> None:
@@ -235,6 +235,12 @@ class SteeringPanel(Vertical):
     @on(Button.Pressed, "#steer-compare")
     def _compare(self) -> None:
         self.post_message(self.CompareRequest())
+
+
+def _show_line(line: Static, message: str) -> None:
+    """Show ``message`` in ``line``, which takes no room while it is blank."""
+    line.update(Text(message))
+    line.display = bool(message)
 
 
 def ellipsize(text: str, width: int) -> str:
