@@ -168,10 +168,16 @@ class ChatScreen(JobRunner, Screen):
         """Make ``change`` to the chat; while :attr:`following`, show the chat's end once the
         change is laid out (a growing answer is followed)."""
         change()
-        self.call_after_refresh(self._show_end)
+        self.call_after_refresh(self._show_end, 1)
 
-    def _show_end(self) -> None:
-        if self.following:
+    def _show_end(self, frames: int = 0) -> None:
+        """Scroll the chat to its end ``frames`` refreshes from now, unless the user has
+        scrolled up by then (checked at each step, so a scroll of theirs always wins)."""
+        if not self.following:
+            return
+        if frames:
+            self.call_after_refresh(self._show_end, frames - 1)
+        else:
             self.query_one("#turns", VerticalScroll).scroll_end(animate=False, immediate=True)
 
     def on_chat_screen_gen_step(self, event: GenStep) -> None:
