@@ -73,7 +73,8 @@ async def test_chat_follows_the_answer_unless_scrolled_up(tiny_ckpt, home):
         await send(pilot, chat, "Second")  # the chat is full: what comes next is below the fold
         set_form(chat, max_new_tokens=256, steps=16)
         await send(pilot, chat, "A long one")
-        assert turns.max_scroll_y > 0 and turns.scroll_y == turns.max_scroll_y
+        await wait_for(pilot, lambda: turns.max_scroll_y > 0 and turns.scroll_y == turns.max_scroll_y,
+                       what="the chat at its end")
         meta = chat.states[-1].view.query_one(".turn-meta")
         assert "256 tokens" in str(meta.content) or "stop: eot" in str(meta.content)
         # the answer's last line (its meta line) is on the terminal
@@ -83,10 +84,12 @@ async def test_chat_follows_the_answer_unless_scrolled_up(tiny_ckpt, home):
         await send(pilot, chat, "Another long one", wait=False)
         view = chat.query(OutputView).last()
         await wait_for(pilot, lambda: any(s is not None for s in view.block), what="first denoising step")
-        turns.focus()
-        await pilot.press("home")
-        await wait_for(pilot, lambda: chat.generation is None and len(chat.states) == 4, what="generation done")
+        turns.scroll_home(animate=False, immediate=True)  # as the mouse wheel or pgup would
         await pilot.pause()
+        assert not chat.following
+        await wait_for(pilot, lambda: chat.generation is None and len(chat.states) == 4, what="generation done")
+        for _ in range(5):  # let any scroll the app had scheduled happen
+            await pilot.pause()
         assert turns.scroll_y == 0 < turns.max_scroll_y
 
 
