@@ -23,7 +23,7 @@ from tui.backend import Status
 from tui.concepts import STRENGTH_MAX, STRENGTH_MIN, attribute_inputs
 from tui.screens import ChatScreen, CompareScreen, ConfirmScreen, HistoryScreen
 from tui.store import Attribution, Session, Store, Turn
-from tui.widgets import ConceptRow, OutputView, PromptArea, StatusBar, SteeringPanel
+from tui.widgets import AttributionPanel, ConceptRow, OutputView, PromptArea, StatusBar, SteeringPanel
 
 from .test_tui import async_test, error_text, fixed_status, home, loaded, send, set_form, wait_for  # noqa: F401 (home: a fixture)
 
@@ -157,7 +157,8 @@ async def test_attribution_panel_shows_epsilon_and_says_there_is_more(tiny_ckpt,
         chat = await loaded(pilot)
         await chat.open_session(app.store.list_sessions()[0].id)
         await pilot.press("f2", "f4")
-        await pilot.pause()
+        attribution = chat.query_one(AttributionPanel)
+        await wait_for(pilot, lambda: attribution.settled, what="the panel drawn for its width")
         panel = chat.query_one("#tab-attr")
         shown = "\n".join(region_text(app, panel))
         assert "epsilon 25.0%" in shown  # in view at once
@@ -169,7 +170,7 @@ async def test_attribution_panel_shows_epsilon_and_says_there_is_more(tiny_ckpt,
         # the focus came to the panel (f4 from the settings field): the keys scroll it
         assert app.focused is scroll
         await pilot.press("end")
-        await pilot.pause()
+        await wait_for(pilot, lambda: attribution.settled and scroll.scroll_y == scroll.max_scroll_y, what="the end")
         shown = "\n".join(region_text(app, panel))
         assert "▼ more below" not in shown and "Input tokens" in shown
 

@@ -19,6 +19,7 @@ from steerling_lite.loading.tokenizer import get_tokenizer
 from tui.app import SteerlingApp
 from tui.screens import ChatScreen, CompareScreen, HelpScreen, LoadScreen
 from tui.store import Attribution, Session, Store, Turn
+from tui.widgets import AttributionPanel
 
 from .test_tui import fixed_status, wait_for
 
@@ -137,6 +138,8 @@ def test_snapshot_attribution_panel(snap_compare, home, tiny_ckpt):
     async def attribute(pilot, chat) -> None:
         chat.states[0].view.output.select(4, 6)
         chat.attribute(chat.states[0], 4, 6)
+        panel = chat.query_one(AttributionPanel)
+        await wait_for(pilot, lambda: panel.settled, what="the panel drawn for its width")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=reopened(tiny_ckpt, attribute))
 

@@ -62,6 +62,7 @@ class AttributionPanel(Vertical):
         super().__init__(**kwargs)
         self._shown: tuple[dict[str, Any] | None, tuple[int, int] | None, str] = (None, None, "")
         self._inputs: tuple[list[dict[str, Any]] | None, str, tuple[int, int] | None] = (None, "", None)
+        self._drawn_width = 0
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="attr-scroll"):
@@ -100,8 +101,16 @@ class AttributionPanel(Vertical):
         self._inputs = (inputs, note, span if span is not None else self._shown[1])
         self._draw()
 
+    @property
+    def settled(self) -> bool:
+        """Drawn for the panel's current width, with the more-below hint as the scroll is."""
+        scroll = self.query_one("#attr-scroll", VerticalScroll)
+        more = scroll.scroll_y < scroll.max_scroll_y
+        return self._drawn_width == self._width and self.query_one("#attr-more", Static).display == more
+
     def _draw(self) -> None:
         data, span, note = self._shown
+        self._drawn_width = self._width
         body = self.query_one("#attr-body", Static)
         self.query_one("#attr-inputs", Button).disabled = data is None
         if data is None:
