@@ -63,13 +63,14 @@ class AttributionPanel(Vertical):
         self._shown: tuple[dict[str, Any] | None, tuple[int, int] | None, str] = (None, None, "")
         self._inputs: tuple[list[dict[str, Any]] | None, str, tuple[int, int] | None] = (None, "", None)
         self._drawn_width = 0
+        self._more = False  # the hint says there is more below
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="attr-scroll"):
             yield Static(Text(HINT, style="dim"), id="attr-body")
             yield Button("Input tokens (i)", id="attr-inputs", compact=True, disabled=True)
             yield Static("", id="attr-inputs-body")
-        yield Static(Text(MORE, style="italic"), id="attr-more", classes="hint")
+        yield Static("", id="attr-more", classes="hint")  # its line is always there: the scroll's size never depends on it
 
     def on_mount(self) -> None:
         self.watch(self.query_one("#attr-scroll", VerticalScroll), "scroll_y", self._update_more, init=False)
@@ -80,7 +81,8 @@ class AttributionPanel(Vertical):
     def _update_more(self, *_: object) -> None:
         """Show the hint while part of the panel is below the fold."""
         scroll = self.query_one("#attr-scroll", VerticalScroll)
-        self.query_one("#attr-more", Static).display = scroll.scroll_y < scroll.max_scroll_y
+        self._more = scroll.scroll_y < scroll.max_scroll_y
+        self.query_one("#attr-more", Static).update(Text(MORE, style="italic") if self._more else "")
 
     @property
     def _width(self) -> int:
@@ -106,7 +108,7 @@ class AttributionPanel(Vertical):
         """Drawn for the panel's current width, with the more-below hint as the scroll is."""
         scroll = self.query_one("#attr-scroll", VerticalScroll)
         more = scroll.scroll_y < scroll.max_scroll_y
-        return self._drawn_width == self._width and self.query_one("#attr-more", Static).display == more
+        return self._drawn_width == self._width and self._more == more
 
     def _draw(self) -> None:
         data, span, note = self._shown
