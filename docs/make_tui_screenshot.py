@@ -27,7 +27,7 @@ from tui.widgets.steering import ConceptRow  # noqa: E402
 OUT = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("tui.svg"))
 PROMPT = sys.argv[2] if len(sys.argv) > 2 else "A river is"
 CONCEPT = sys.argv[3] if len(sys.argv) > 3 else "water"
-SIZE = (100, 30)
+SIZE = (80, 24)  # the size the app is laid out for
 STRENGTH = 3.0
 
 

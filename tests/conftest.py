@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "steerling-home"
     monkeypatch.setenv("STEERLING_LITE_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _steady_textual(monkeypatch):
+    """Textual apps under test draw the same frames however loaded the machine: no animations
+    (``TEXTUAL_ANIMATIONS=none``, which ``App`` reads from ``textual.constants`` when it is
+    created; the snapshot plugin imports Textual before this file, so the constant is set too),
+    hence no blinking cursors in the app (see ``SteerlingApp.on_descendant_focus``)."""
+    monkeypatch.setenv("TEXTUAL_ANIMATIONS", "none")
+    constants = sys.modules.get("textual.constants")
+    if constants is not None:
+        monkeypatch.setattr(constants, "TEXTUAL_ANIMATIONS", "none")
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,11 @@
 
 Deterministic by construction: a fixed status source (no RAM / tokens/s figures), a fresh
 data dir, sessions written to the database beforehand, so no generated text (whose
-random-model tokens could differ across CPUs) appears, and cursors that do not blink (a
-blinking cursor's state depends on when the snapshot is taken). Refresh with
+random-model tokens could differ across CPUs) appears, no animations (``tests/conftest.py``
+sets ``TEXTUAL_ANIMATIONS=none``: a tab's underline is drawn where it ends, not mid-way),
+cursors that do not blink (a blinking cursor's state depends on when the snapshot is
+taken), and the frame taken once the app is idle (``snap_compare`` waits for scheduled
+animations and a pause after ``run_before``). Refresh with
 ``pytest tests/test_tui_snapshots.py --snapshot-update`` after an intended change, and look
 at the report before committing.
 """
@@ -16,6 +19,7 @@ from steerling_lite.loading.tokenizer import get_tokenizer
 from tui.app import SteerlingApp
 from tui.screens import ChatScreen, CompareScreen, HelpScreen, LoadScreen
 from tui.store import Attribution, Session, Store, Turn
+from tui.widgets import AttributionPanel
 
 from .test_tui import fixed_status, wait_for
 
@@ -68,10 +72,12 @@ def saved_session(model: str) -> int:
 
 
 async def steady_cursors(pilot) -> None:
-    """Stop every text cursor blinking (a focused one stays drawn), then let the screen redraw."""
+    """Stop every text cursor blinking (a focused one stays drawn; with animations off the app
+    already does), then wait until the app is idle: no animation scheduled, nothing pending."""
     for screen in pilot.app.screen_stack:
         for widget in screen.query("Input, TextArea"):
             widget.cursor_blink = False
+    await pilot.wait_for_scheduled_animations()
     await pilot.pause()
 
 
@@ -132,6 +138,8 @@ def test_snapshot_attribution_panel(snap_compare, home, tiny_ckpt):
     async def attribute(pilot, chat) -> None:
         chat.states[0].view.output.select(4, 6)
         chat.attribute(chat.states[0], 4, 6)
+        panel = chat.query_one(AttributionPanel)
+        await wait_for(pilot, lambda: panel.settled, what="the panel drawn for its width")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=reopened(tiny_ckpt, attribute))
 
@@ -159,3 +167,14 @@ def test_snapshot_help_screen(snap_compare, home, tiny_ckpt):
         await steady_cursors(pilot)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_steering_panel_60x20(snap_compare, home, tiny_ckpt):
+    """The steering panel in a 60x20 terminal: a narrower side panel, each slider on its line."""
+    saved_session(str(tiny_ckpt))
+    app = SteerlingApp(tiny_ckpt, status_source=fixed_status, device="cpu")
+
+    async def steer(pilot, chat) -> None:
+        await pilot.press("f3")
+
+    assert snap_compare(app, terminal_size=(60, 20), run_before=reopened(tiny_ckpt, steer))

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+from textual import events
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -58,6 +59,7 @@ class SteerlingApp(App):
         self.conversation = Conversation()
         self.load_request: LoadRequest | None = None
         self.chat: ChatScreen | None = None
+        self.store_problem = ""  # why the sessions database could not be opened
 
     # ---- services --------------------------------------------------------------------------
     @property
@@ -80,10 +82,17 @@ class SteerlingApp(App):
             self.conversation.store = Store(self.store_path)
         except (StoreError, OSError) as exc:  # a data dir that is a file, under a read-only parent, ...
             reason = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.notify(f"{reason}; sessions will not be saved", severity="error", timeout=10)
+            self.store_problem = f"{reason}; sessions will not be saved"
+            self.notify(self.store_problem, severity="error", timeout=10)
         self.chat = ChatScreen(self.conversation, self.status_source)
         self.push_screen(self.chat)
         self.open_model(self.initial_model, autoload=bool(self.initial_model))
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """With animations off (``TEXTUAL_ANIMATIONS=none``: reduced motion, and the tests) text
+        cursors do not blink either."""
+        if self.animation_level == "none" and getattr(event.widget, "cursor_blink", False):
+            event.widget.cursor_blink = False  # type: ignore[attr-defined]
 
     def on_unmount(self) -> None:
         if self.store is not None:
@@ -119,6 +128,10 @@ class SteerlingApp(App):
         self.load_request = request
         self.device, self.quant = request.device, request.quant
         self.conversation.model = ModelServices.for_model(lm)
+        if self.chat is not None:
+            self.chat.model_changed()  # also clears the errors of earlier tries
+        if self.store_problem:
+            self.notify(self.store_problem, severity="error", timeout=10)
         if self.catalog.warning:
             self.notify(self.catalog.warning, severity="warning", timeout=8)
         if self.store is not None:
@@ -126,8 +139,6 @@ class SteerlingApp(App):
                 self.store.remember_model(str(Path(request.path).expanduser()))
             except StoreError as exc:
                 self.notify(f"could not remember the model: {exc}", severity="warning")
-        if self.chat is not None:
-            self.chat.model_changed()
 
     # ---- help / palette ------------------------------------------------------------------
     def action_help(self) -> None:

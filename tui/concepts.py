@@ -311,23 +311,26 @@ def attribute_span(attribution: ConceptAttribution, positions: Sequence[int], st
     }
 
 
-def attribute_inputs(lm: Steerling, attribution: ConceptAttribution, position: int,
+def attribute_inputs(lm: Steerling, attribution: ConceptAttribution, position: int | Sequence[int],
                      n_steps: int = 32, method: str = "occlusion") -> list[dict[str, Any]]:
-    """Score of each prompt token for the token committed at absolute ``position``, on the
-    sequence the model read when it committed it (call from a worker thread): ``method``
-    ``occlusion`` (default: the token's log-probability minus its log-probability with the
-    prompt token masked, nats; one forward pass per prompt token) or ``ig`` (integrated
-    gradients, logit units; ``n_steps`` forward/backward passes).
+    """Score of each prompt token for the token(s) committed at absolute ``position`` (one, or
+    the positions of a span), each on the sequence the model read when it committed it (call
+    from a worker thread): ``method`` ``occlusion`` (default: the span's log-probability minus
+    its log-probability with the prompt token masked, summed over the span's tokens, nats; one
+    forward pass per prompt token and span token) or ``ig`` (integrated gradients of the sum of
+    the span's logits, logit units, which is the sum of each token's scores as IG is linear in
+    the target; ``n_steps`` forward/backward passes per token).
 
     Returns:
         ``[{"index", "text", "score"}]`` per prompt token, in prompt order.
     """
+    positions = [position] if isinstance(position, int) else list(position)
     if method == "occlusion":
-        oc = occlusion(lm, attribution, [position], granularity="token")
+        oc = occlusion(lm, attribution, positions, granularity="token")
         return [{"index": u.start, "text": u.text, "score": float(s)} for u, s in zip(oc.units, oc.span_scores().tolist())]
-    ia = input_attribution(lm, attribution, [position], n_steps=n_steps)
+    ia = input_attribution(lm, attribution, positions, n_steps=n_steps)
     prompt_len = attribution.prompt_len
-    scores = ia.scores[0, :prompt_len].tolist()
+    scores = ia.scores[:, :prompt_len].sum(0).tolist()
     ids = attribution.trace.prompt_ids
     return [{"index": i, "text": token_text(lm, t), "score": float(s)}
             for i, (t, s) in enumerate(zip(ids, scores))]

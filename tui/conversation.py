@@ -311,8 +311,8 @@ class Conversation:
         note = ""
         if req.inputs:
             try:
-                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution, answer.positions[req.start],
-                                                  method=req.method)
+                data["inputs"] = attribute_inputs(self._model().lm, answer.attribution,
+                                                  answer.positions[req.start:req.end], method=req.method)
                 data["inputs_method"] = req.method
             except SteerlingError as exc:
                 note = f"no input attribution: {exc}"

@@ -7,13 +7,19 @@ thread worker through :meth:`ChatScreen.run_job`, whose result comes back as a m
 in order with the generation's progress messages (at most ~20 redraws a second, and at
 every finished block). Esc cancels the generation, which stops before its next step and
 keeps what was committed; a steering change while generating applies from its next
-denoising step.
+denoising step. The chat follows a growing answer while it is scrolled to its end.
+
+About 500 lines, over the project's ~450: this is the one screen that wires the chat, the
+three side panels, the status bar and the workers together; what it does is the
+conversation's, and each piece it draws is a widget of its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from functools import partial
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -34,7 +40,7 @@ from ..jobs import USER_ERRORS, JobRunner
 from ..records import Answer, Generated, PendingTurn, Progress, SpanRequest
 from ..steering_record import steering_label
 from ..widgets import AttributionPanel, OutputView, PromptArea, SamplingForm, StatusBar, SteeringPanel, TurnView
-from ..widgets.output import meta_line
+from ..widgets.output import clean, meta_line
 from ..audit import audit_target
 from .audit import AuditScreen
 from .compare import CompareScreen
@@ -72,8 +78,8 @@ class ChatScreen(JobRunner, Screen):
         Binding("escape", "stop", "Stop"),
         Binding("ctrl+n", "new_session", "New", show=False),
         Binding("ctrl+r", "history", "History"),
-        Binding("ctrl+o", "app.open_model", "Model"),
-        Binding("ctrl+s", "export", "Export"),
+        Binding("ctrl+o", "app.open_model", "Model", show=False),  # the footer fits 80 columns: the
+        Binding("ctrl+s", "export", "Export", show=False),  # rest are in the help (f1) and the palette
         Binding("ctrl+t", "compare", "Compare"),
         Binding("ctrl+g", "select_tokens", "Tokens"),
         Binding("ctrl+f", "find_concept", "Find concept", show=False),
@@ -85,11 +91,12 @@ class ChatScreen(JobRunner, Screen):
     ]
 
     class GenStep(Message):
-        """A redraw of the answer being generated in ``view``."""
+        """A redraw of the answer being generated in ``view``; ``tokens_per_s``: committed
+        tokens per second of generation so far."""
 
-        def __init__(self, view: TurnView, progress: Progress) -> None:
+        def __init__(self, view: TurnView, progress: Progress, tokens_per_s: float | None = None) -> None:
             super().__init__()
-            self.view, self.progress = view, progress
+            self.view, self.progress, self.tokens_per_s = view, progress, tokens_per_s
 
     def __init__(self, conversation: Conversation, status_source: StatusSource) -> None:
         super().__init__()
@@ -98,7 +105,9 @@ class ChatScreen(JobRunner, Screen):
         self.views: list[TurnView] = []  # the view of each answer of the conversation
         self.busy = ""  # what a worker is doing, for the status line
         self.live_steering_updates = 0  # steering plans handed to running generations
-        self._attr_target: tuple[Answer, TurnView, int] | None = None  # the answer and token the panel shows
+        self.live_tps: float | None = None  # tokens/s of the running generation so far
+        self.following = True  # the chat shows its end as it grows (false once the user scrolls up)
+        self._attr_target: tuple[Answer, TurnView, int, int] | None = None  # the answer and span the panel shows
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -106,6 +115,7 @@ class ChatScreen(JobRunner, Screen):
             with Vertical(id="chat-col"):
                 with VerticalScroll(id="turns"):
                     yield Static(Text(WELCOME, style="dim"), id="welcome")
+                    yield Static("", id="system-line")
                 yield Static("", id="chat-error", classes="error")
                 yield PromptArea(id="prompt", placeholder="Prompt (enter: send, shift+enter: new line)")
             with TabbedContent(id="side", initial="tab-settings"):
@@ -122,6 +132,8 @@ class ChatScreen(JobRunner, Screen):
         self.query_one(SamplingForm).set_values(Sampling())
         self.query_one(SamplingForm).set_chat(False)
         self.query_one("#prompt", PromptArea).focus()
+        self.query_one("#system-line").display = False
+        self.watch(self.query_one("#turns", VerticalScroll), "scroll_y", self._chat_scrolled, init=False)
         self.refresh_status()
         self.set_interval(2.0, self.refresh_status)
 
@@ -147,8 +159,35 @@ class ChatScreen(JobRunner, Screen):
     def _state_for(self, view: TurnView | OutputView) -> TurnState | None:
         return next((s for s in self.states if s.view is view or s.view.output is view), None)
 
+    def _chat_scrolled(self, old: float, new: float) -> None:
+        """Follow the chat's end unless the user scrolled up; again once they are back at the end."""
+        if new < old:
+            self.following = False
+        if new >= self.query_one("#turns", VerticalScroll).max_scroll_y:
+            self.following = True
+
+    def _follow(self, change: Callable[[], object]) -> None:
+        """Make ``change`` to the chat; while :attr:`following`, show the chat's end once the
+        change is laid out (a growing answer is followed)."""
+        change()
+        self.call_after_refresh(self._show_end, 1)
+
+    def _show_end(self, frames: int = 0) -> None:
+        """Scroll the chat to its end ``frames`` refreshes from now, unless the user has
+        scrolled up by then (checked at each step, so a scroll of theirs always wins)."""
+        if not self.following:
+            return
+        if frames:
+            self.call_after_refresh(self._show_end, frames - 1)
+        else:
+            self.query_one("#turns", VerticalScroll).scroll_end(animate=False, immediate=True)
+
     def on_chat_screen_gen_step(self, event: GenStep) -> None:
-        event.view.output.show_progress(event.progress.committed, event.progress.block)
+        self._follow(lambda: event.view.output.show_progress(event.progress.committed, event.progress.block))
+        if event.tokens_per_s is not None and self.conversation.pending is not None:
+            self.live_tps = event.tokens_per_s
+            bar = self.query_one(StatusBar)
+            bar.show(replace(bar.status, tokens_per_s=self.live_tps))
 
     # ---- status -------------------------------------------------------------------------------
     def show_error(self, message: str) -> None:
@@ -161,7 +200,8 @@ class ChatScreen(JobRunner, Screen):
         lm = self.conversation.lm
         state = self.busy or ("ready" if lm is not None else "no model: ctrl+o")
         try:
-            status = self.status_source(lm, self.conversation.last_tps)
+            tps = self.live_tps if self.conversation.pending is not None else self.conversation.last_tps
+            status = self.status_source(lm, tps)
         except Exception:  # a status line must never break the app
             status = None
         self.query_one(StatusBar).show(status, state, saved)
@@ -181,8 +221,14 @@ class ChatScreen(JobRunner, Screen):
         self.sub_title = f"{info.name} · {info.kind}" + ("" if info.interpretable else " · no concept heads")
         self.app.sub_title = self.sub_title
         self.action_new_session(quiet=True)
-        self.show_error("")
+        self.clear_errors()
         self.refresh_status()
+
+    def clear_errors(self) -> None:
+        """Clear what earlier errors left on screen (above the prompt, in the panels, notifications)."""
+        self.show_error("")
+        self.query_one(SteeringPanel).show_error("")
+        self.app.clear_notifications()
 
     # ---- generating -------------------------------------------------------------------------
     @on(PromptArea.Submitted)
@@ -200,17 +246,24 @@ class ChatScreen(JobRunner, Screen):
         self.show_error("")
         self.query_one("#prompt", PromptArea).clear()
         self.query_one("#welcome").display = False
+        self._show_system(pending.system)
         view = TurnView(text, classes="turn")
-        self.query_one("#turns", VerticalScroll).mount(view)
-        view.scroll_visible()
+        self.following = True  # the new answer is followed as it grows, until the user scrolls up
+        self._follow(lambda: self.query_one("#turns", VerticalScroll).mount(view))
+        self.live_tps = None
         self.set_busy("generating… (esc stops)")
 
         def job() -> Generated:
             worker = get_current_worker()
-            return self.conversation.generate(
-                pending, lambda p: self.post_message(self.GenStep(view, p)),
-                cancelled=lambda: worker.is_cancelled, min_interval=STEP_UPDATE_S,
-            )
+            t0 = time.monotonic()
+
+            def progress(p: Progress) -> None:
+                elapsed = time.monotonic() - t0
+                tokens = len(pending.generation.output_positions())
+                self.post_message(self.GenStep(view, p, tokens / elapsed if elapsed > 0 else None))
+
+            return self.conversation.generate(pending, progress, cancelled=lambda: worker.is_cancelled,
+                                              min_interval=STEP_UPDATE_S)
 
         self.run_job(job, partial(self._generated, pending, view), partial(self._generation_failed, pending, view),
                      what="generation", group="generate", exclusive=True)
@@ -220,8 +273,13 @@ class ChatScreen(JobRunner, Screen):
         answer, saved = self.conversation.finish(pending, done, self.query_one(SteeringPanel).specs)
         self.views.append(view)
         view.turn_index = len(self.views) - 1
-        view.output.show_tokens(answer.tokens)
-        view.set_meta(meta_line(answer.turn))
+
+        def show() -> None:
+            view.output.show_tokens(answer.tokens)
+            view.set_meta(meta_line(answer.turn))
+
+        self._follow(show)
+        self.live_tps = None
         self.busy = "stopped: partial answer kept" if answer.turn.stop_reason == "cancelled" else ""
         if saved.error:
             self.show_error(saved.error)
@@ -230,6 +288,7 @@ class ChatScreen(JobRunner, Screen):
     def _generation_failed(self, pending: PendingTurn, view: TurnView, message: str) -> None:
         self.conversation.fail(pending)
         view.remove()
+        self.live_tps = None
         self.busy = ""
         self.show_error(message)
         self.refresh_status()
@@ -302,16 +361,16 @@ class ChatScreen(JobRunner, Screen):
     @on(AttributionPanel.InputsRequest)
     def _inputs_request(self) -> None:
         if self._attr_target is not None:
-            answer, view, start = self._attr_target
-            self.attribute(TurnState(answer, view), start, start + 1, inputs=True)
+            answer, view, start, end = self._attr_target
+            self.attribute(TurnState(answer, view), start, end, inputs=True)
 
     def attribute(self, state: TurnState, start: int, end: int, inputs: bool = False, method: str = "occlusion") -> None:
         """Concept attribution of answer tokens ``start..end`` shown in the panel (and saved);
-        with ``inputs``, also the input tokens behind token ``start`` (``method``: ``occlusion`` or ``ig``)."""
+        with ``inputs``, also the input tokens behind them (``method``: ``occlusion`` or ``ig``)."""
         panel = self.query_one(AttributionPanel)
         self.action_tab("tab-attr")
         state.view.output.focus()
-        self._attr_target = (state.answer, state.view, start)
+        self._attr_target = (state.answer, state.view, start, end)
         req = self.conversation.span_request(state.answer, start, end, inputs, method)
         if req.reason:
             if req.saved is not None:
@@ -371,6 +430,7 @@ class ChatScreen(JobRunner, Screen):
             return
         self._clear_turns()
         if not quiet:
+            self.clear_errors()
             self.query_one("#prompt", PromptArea).focus()
 
     def _clear_turns(self) -> None:
@@ -378,6 +438,7 @@ class ChatScreen(JobRunner, Screen):
             view.remove()
         self.views = []
         self.query_one("#welcome").display = True
+        self._show_system("")
         self.query_one(AttributionPanel).show(None)
         self.busy = ""
         self.refresh_status(saved=None)
@@ -398,6 +459,10 @@ class ChatScreen(JobRunner, Screen):
                 self.conversation.delete_session(session_id)
             except USER_ERRORS as exc:
                 self.notify(str(exc), severity="error", timeout=6)
+                return
+            if session_id == self.conversation.session.id:  # the one on screen: start afresh
+                self.action_new_session(quiet=True)
+                self.notify("the open session was deleted: this is a new one", timeout=5)
 
         self.app.push_screen(HistoryScreen(sessions, on_delete=delete), opened)
 
@@ -411,6 +476,7 @@ class ChatScreen(JobRunner, Screen):
         self._clear_turns()
         turns = self.query_one("#turns", VerticalScroll)
         self.query_one("#welcome").display = not session.turns
+        self._show_system(session.system if self.conversation.answers else "")
         for answer in self.conversation.answers:
             view = TurnView(answer.turn.prompt, classes="turn")
             await turns.mount(view)
@@ -427,6 +493,12 @@ class ChatScreen(JobRunner, Screen):
             self.notify(f"this session was made with {session.model}", timeout=5)
         self.refresh_status(saved=True)
 
+    def _show_system(self, system: str) -> None:
+        """Show the system prompt an instruct chat runs with (dim, above the turns); blank hides it."""
+        line = self.query_one("#system-line", Static)
+        line.update(Text.assemble(("system ", "bold"), clean(system.strip())))
+        line.display = bool(system.strip())
+
     def action_export(self) -> None:
         session = self.conversation.session
         if session.id is None:
@@ -442,6 +514,8 @@ class ChatScreen(JobRunner, Screen):
 
     # ---- panels and focus ---------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
+        """Show side panel ``tab`` and focus its first field (the attribution panel takes the
+        focus only from another pane, so an answer keeps it while its tokens are attributed)."""
         side = self.query_one("#side", TabbedContent)
         side.display = True
         side.active = tab
@@ -449,6 +523,8 @@ class ChatScreen(JobRunner, Screen):
             self.query_one("#concept-search").focus()
         elif tab == "tab-settings":
             self.query_one("#set-max_new_tokens").focus()
+        elif self.focused is not None and side in self.focused.ancestors:
+            self.query_one("#attr-scroll").focus()
 
     def action_find_concept(self) -> None:
         self.action_tab("tab-steer")

@@ -13,8 +13,9 @@ from ..widgets.output import clean
 
 
 class CompareScreen(ModalScreen):
-    """Two columns: steered (with the concepts used) and unsteered; esc closes. ``titles`` names the
-    two columns otherwise (the audit: the answer with a concept suppressed, and as generated)."""
+    """Two columns: steered (with the concepts used) and unsteered; esc (or q, ctrl+t) closes, as the
+    box's bottom border says. ``titles`` names the two columns otherwise (the audit: the answer
+    with a concept suppressed, and as generated)."""
 
     BINDINGS = [Binding("escape,q,ctrl+t", "close", "Close")]
 
@@ -26,7 +27,8 @@ class CompareScreen(ModalScreen):
         self.titles = titles or (f"steered: {steering}", "unsteered")
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="compare-box"):
+        with Vertical(id="compare-box") as box:
+            box.border_subtitle = "esc close"
             yield Label(Text(f"Compare (seed {self.seed}): {clean(self.prompt)[:60]}", no_wrap=True,
                              overflow="ellipsis"), classes="section")
             with Horizontal(id="compare-cols"):

@@ -13,7 +13,7 @@ KEYS = [
     ("enter", "send the prompt (shift+enter or ctrl+j: new line)"),
     ("esc", "stop the generation, keeping what is written"),
     ("ctrl+n", "new session"),
-    ("ctrl+r", "history: reopen a saved session"),
+    ("ctrl+r", "history: reopen a saved session (delete there removes one, after a yes)"),
     ("ctrl+s", "export the session to Markdown or JSON (answers are saved as they finish)"),
     ("ctrl+t", "compare: regenerate the last answer unsteered, same seed, side by side"),
     ("ctrl+o", "open (load) another model"),
@@ -29,14 +29,16 @@ KEYS = [
 SECTIONS = [
     ("Answer tokens",
      "Tab to an answer (or ctrl+g). left/right moves, shift+left/right extends the selection, home/end "
-     "jump, enter attributes the selection to concepts, i finds the input tokens behind the token under "
-     "the cursor (occlusion: one extra pass per prompt token; I: integrated gradients)."),
+     "jump, enter attributes the selection to concepts, i also finds the input tokens behind it "
+     "(occlusion: one extra pass per prompt token and selected token; I: integrated gradients, 32 "
+     "passes per selected token)."),
     ("Steering (f3)",
      "Type a concept name, words of its description, or #id; enter adds the best match (or pick from "
      "the list). On a concept: left/right changes its strength by 1 (shift: by 5) from -10 (suppress) to "
      "+10 (amplify), space turns it on/off, delete removes it. Changes apply from the next denoising step "
      "of a running generation."),
     ("Settings (f2)",
+     "Each field is checked as you type (a field in red says what is wrong under the form). "
      "max tokens: a multiple of the model's diffusion block; steps: blank = one per token; temperature: "
      "blank = adaptive, 0 = greedy; seed: blank = random (the seed used is shown under each answer)."),
     ("Sessions",

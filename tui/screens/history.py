@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, Static
 
 from ..store import SessionSummary
+from .confirm import ConfirmScreen
 
 
 def when(ts: float) -> str:
@@ -54,13 +55,23 @@ class HistoryScreen(ModalScreen[int | None]):
         self.dismiss(None)
 
     def action_delete(self) -> None:
+        """Delete the session under the cursor, once the user confirms."""
         table = self.query_one(DataTable)
         if not table.row_count:
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        if self.on_delete is not None:
-            self.on_delete(int(str(key.value)))
-        table.remove_row(key)
+        session_id = int(str(key.value))
+        title = next((s.title for s in self.sessions if s.id == session_id), "")
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            if self.on_delete is not None:
+                self.on_delete(session_id)
+            table.remove_row(key)
+
+        self.app.push_screen(ConfirmScreen(f"Delete the session \u201c{title}\u201d? This cannot be undone.", "Delete"),
+                             answered)
 
 
 def _short(path: str) -> str:

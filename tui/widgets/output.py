@@ -50,8 +50,8 @@ class OutputView(Static, can_focus=True):
         Binding("shift+right", "extend(1)", "Extend right", show=False),
         Binding("home", "jump(0)", "First", show=False),
         Binding("end", "jump(-1)", "Last", show=False),
-        Binding("enter", "attribute", "Attribute"),
-        Binding("i", "inputs", "Input tokens"),
+        Binding("enter", "attribute", "Explain"),
+        Binding("i", "inputs", "Inputs"),
         Binding("I", "inputs('ig')", "Input tokens (integrated gradients)", show=False),
         Binding("a", "audit", "Audit", show=False),  # in the help, the palette and the attribution hint
     ]
@@ -155,9 +155,11 @@ class OutputView(Static, can_focus=True):
             self.post_message(self.AttributeRequest(self, start, end, inputs=False))
 
     def action_inputs(self, method: str = "occlusion") -> None:
+        """Attribute the selection and the input tokens behind it (the selection is kept);
+        ``method``: ``occlusion`` (i) or ``ig`` (I)."""
         if self.tokens:
-            self.anchor = None  # input attribution is per token: select just the one under the cursor
-            self.post_message(self.AttributeRequest(self, self.cursor, self.cursor + 1, inputs=True, method=method))
+            start, end = self.selection
+            self.post_message(self.AttributeRequest(self, start, end, inputs=True, method=method))
 
     def action_audit(self) -> None:
         if self.tokens:

@@ -7,6 +7,7 @@ denoising step.
 
 from __future__ import annotations
 
+from rich.cells import cell_len, set_cell_size
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
@@ -35,8 +36,8 @@ class ConceptRow(Widget, can_focus=True):
         Binding("right", "nudge(1)", "Stronger", show=False),
         Binding("shift+left", "nudge(-5)", "Weaker ×5", show=False),
         Binding("shift+right", "nudge(5)", "Stronger ×5", show=False),
-        Binding("space", "toggle", "On/off"),
-        Binding("delete,backspace", "remove", "Remove"),
+        Binding("space", "toggle", "On/off", key_display="␣"),
+        Binding("delete,backspace", "remove", "Remove", key_display="del"),
     ]
 
     strength: reactive[float] = reactive(DEFAULT_STRENGTH, init=False)
@@ -81,7 +82,7 @@ class ConceptRow(Widget, can_focus=True):
         self.post_message(self.Removed(self))
 
     def _bar_width(self) -> int:
-        return max(5, self.size.width - 6)
+        return max(5, self.size.width - 5)  # the bar, a space and the strength (``+10``)
 
     def on_click(self, event: events.Click) -> None:
         self.focus()
@@ -97,7 +98,7 @@ class ConceptRow(Widget, can_focus=True):
         box = "[x]" if self.enabled else "[ ]"
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(box + " ", "bold" if self.enabled else "dim")
-        text.append(self.label, "" if self.enabled else "dim")
+        text.append(ellipsize(self.label, self.size.width - 4), "" if self.enabled else "dim")
         text.append("\n")
         w = self._bar_width()
         pos = round((self.strength - STRENGTH_MIN) / (STRENGTH_MAX - STRENGTH_MIN) * (w - 1))
@@ -139,7 +140,8 @@ class SteeringPanel(Vertical):
         yield Input(placeholder="search concepts (name, words, #id)", id="concept-search", compact=True)
         yield OptionList(id="concept-results")
         yield Static("", id="steer-error", classes="error")
-        yield VerticalScroll(id="concept-rows")
+        yield Static("", id="steer-note", classes="hint")
+        yield VerticalScroll(id="concept-rows", can_focus=False)  # its rows take the focus, not the list
         with Horizontal(classes="buttons"):
             yield Button("Compare", id="steer-compare", compact=True, tooltip="regenerate the last answer unsteered")
             yield Button("Clear", id="steer-clear", compact=True)
@@ -153,7 +155,7 @@ class SteeringPanel(Vertical):
         return [row.spec for row in self.query(ConceptRow)]
 
     def show_error(self, message: str) -> None:
-        self.query_one("#steer-error", Static).update(Text(message))
+        _show_line(self.query_one("#steer-error", Static), message)
 
     @on(Input.Changed, "#concept-search")
     def _search(self, event: Input.Changed) -> None:
@@ -163,6 +165,16 @@ class SteeringPanel(Vertical):
         for c in self.catalog.search(event.value, limit=20):
             results.add_option(Option(_option_text(c), id=f"c{c.concept_id}"))
         results.display = results.option_count > 0
+        query = event.value.strip()
+        note = ""
+        if query and not results.option_count:
+            if not self.catalog.n_known:
+                note = "this model has no concept heads: nothing to steer"
+            else:
+                note = f"no concept matches {query!r}"
+                if not self.catalog.labelled:
+                    note += ": this model has no concept labels file, search by #id"
+        _show_line(self.query_one("#steer-note", Static), note)
 
     @on(Input.Submitted, "#concept-search")
     def _submit(self, event: Input.Submitted) -> None:
@@ -224,6 +236,20 @@ class SteeringPanel(Vertical):
     @on(Button.Pressed, "#steer-compare")
     def _compare(self) -> None:
         self.post_message(self.CompareRequest())
+
+
+def _show_line(line: Static, message: str) -> None:
+    """Show ``message`` in ``line``, which takes no room while it is blank."""
+    line.update(Text(message))
+    line.display = bool(message)
+
+
+def ellipsize(text: str, width: int) -> str:
+    """``text`` on one line of at most ``width`` cells, cut with ``…`` when longer."""
+    text = " ".join(text.split())
+    if cell_len(text) <= width:
+        return text
+    return set_cell_size(text, max(0, width - 1)) + "…" if width > 0 else ""
 
 
 def _option_text(c: Concept) -> Text:
