@@ -9,10 +9,11 @@ from importlib.metadata import entry_points
 
 from ..atomic import Terminated
 from ..errors import SteerlingError
-from . import concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
+from . import concepts, explain, generate, index, info, plan, pull, quantize, report, serve, steer
+from . import eval as eval_cmd
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
-COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index]
+COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index, eval_cmd, report]
 
 
 def build_parser() -> argparse.ArgumentParser:
