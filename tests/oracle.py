@@ -93,3 +93,19 @@ def reference_generation_config(**kw):
     from steerling.configs import GenerationConfig
 
     return GenerationConfig(**kw)
+
+
+def reference_lm_eval_wrapper(model, mask_token_id: int, *, mc_num: int, mc_batch_size: int, cfg: float = 0.0):
+    """The reference's lm-evaluation-harness wrapper (``steerling.evaluation.lm_harness_wrapper.SteerlingLM``,
+    which needs ``lm_eval`` installed) around a reference model from :func:`load_reference`, on the CPU,
+    without its Hugging Face loading: only what ``_compute_mc_loglikelihood`` and ``_forward_process``
+    read is set."""
+    from steerling.evaluation.lm_harness_wrapper import SteerlingLM
+
+    wrapper = SteerlingLM.__new__(SteerlingLM)
+    wrapper.model = model
+    wrapper.is_interpretable = hasattr(model, "known_head")
+    wrapper.mask_token_id = mask_token_id
+    wrapper._torch_device = torch.device("cpu")
+    wrapper.mc_num, wrapper.mc_batch_size, wrapper.cfg = mc_num, mc_batch_size, cfg
+    return wrapper

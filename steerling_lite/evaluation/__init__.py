@@ -1,2 +1,5 @@
-"""Evaluation: quantization quality and interpretability per precision (``steerling-lite eval``), and
-the technical report's interpretability measures on the user's text (``steerling-lite report``)."""
+"""Evaluation: Monte Carlo masked-diffusion likelihoods (:mod:`.likelihood`), the
+lm-evaluation-harness model type ``steerling-lite`` (:mod:`.lm_eval_model`), quantization
+quality and interpretability per precision (:mod:`.eval_run`, ``steerling-lite eval``) and the
+technical report's interpretability measures on the user's text (:mod:`.report`,
+``steerling-lite report``)."""

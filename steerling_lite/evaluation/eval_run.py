@@ -49,7 +49,7 @@ from ..errors import InputError
 from ..generation.steering import AMPLIFY_TARGET, Steering, SteeringBuilder, SteeringPlan
 from ..generation.step import StepSteering, compute_dtype, denoise_step
 from ..interpret.attribution import attribute_hidden
-from ._standin_likelihood import mc_loglikelihood, sample_masks
+from .likelihood import mc_loglikelihood, sample_masks
 from .data import Window
 from .metrics import kl_divergence, percentile, ratio, topk_overlap
 
@@ -115,7 +115,7 @@ def masked_copies(ids: list[int] | tuple[int, ...], n: int, seed: int, mask_id: 
         ``(noisy, mask, targets)``: ``(n, T)`` long ids with the mask id at masked positions,
         ``(n, T)`` bool mask, ``(P,)`` long the true tokens at the masked positions (row-major).
     """
-    mask, _ = sample_masks(len(ids), n, seed + 1_000_003)
+    mask = sample_masks(len(ids), n, group_size=n, seed=seed + 1_000_003).mask
     x = torch.tensor(list(ids)).expand(n, -1)
     return torch.where(mask, torch.tensor(mask_id), x), mask, x[mask]
 
