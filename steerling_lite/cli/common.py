@@ -14,7 +14,7 @@ from quant.config import FLOAT_DTYPES
 from ..loading.checkpoint import Progress
 from ..loading.hub import resolve_model_dir
 from ..loading.quantized import QUANT_MODES, quant_config
-from ..errors import InputError
+from ..evaluation.data import read_utf8
 from ..runtime import Steerling
 from .argtypes import device_arg, directory_arg, float_arg
 
@@ -123,19 +123,7 @@ def read_text_file(path: str, option: str, max_bytes: int = 64 * 2**20) -> str:
     """The UTF-8 text of ``path`` (given as ``option``), at most ``max_bytes`` (default 64 MiB).
 
     Raises:
-        InputError: the file is missing, a directory, unreadable, too large or not UTF-8.
+        InputError: the file is missing, a directory, unreadable, too large or not UTF-8
+            (:func:`~steerling_lite.evaluation.data.read_utf8`).
     """
-    p = Path(path)
-    try:
-        if p.is_dir():
-            raise InputError(f"{option} {path}: is a directory; expected a text file")
-        with open(p, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as exc:
-        raise InputError(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise InputError(f"{option} {path}: larger than {fmt_bytes(max_bytes)}; expected a prompt-sized text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{option} {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    return read_utf8(path, option, max_bytes, expected="a prompt-sized text file")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quant import fmt_bytes
+
 from ..errors import InputError
 
 MAX_BYTES = 256 * 2**20
@@ -50,28 +52,33 @@ class Window:
         return f"{self.source}#{self.index}"
 
 
-def read_utf8(path: str | Path, option: str = "--data") -> str:
-    """The text of ``path``.
+def read_utf8(path: str | Path, option: str = "--data", max_bytes: int = MAX_BYTES,
+              expected: str = "a smaller file: split it into several") -> str:
+    """The UTF-8 text of ``path`` (given as ``option``), at most ``max_bytes``.
 
     Raises:
-        InputError: missing, a directory, unreadable, over 256 MiB, not UTF-8 (the message names
-            the file and the first bad byte), or empty / only whitespace.
+        InputError: missing, a directory, unreadable, larger than ``max_bytes`` (the message
+            ends with ``expected``) or not UTF-8 (naming the first bad byte's offset).
     """
     p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{option} {path}: is a directory; expected a UTF-8 text file")
     try:
+        if p.is_dir():
+            raise InputError(f"{option} {path}: is a directory; expected a text file")
         with open(p, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+            data = f.read(max_bytes + 1)
     except OSError as exc:
         raise InputError(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_BYTES:
-        raise InputError(f"{option} {path}: larger than 256 MiB; split it into several files")
+    if len(data) > max_bytes:
+        raise InputError(f"{option} {path}: larger than {fmt_bytes(max_bytes)}; expected {expected}")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{option} {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-                         f"convert it first, e.g. iconv -f latin1 -t utf-8") from None
+        raise InputError(f"{option} {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def read_text(path: str | Path, option: str = "--data") -> str:
+    """:func:`read_utf8`, refusing a file with no text (``InputError`` naming it)."""
+    text = read_utf8(path, option)
     if not text.strip():
         raise InputError(f"{option} {path}: the file is empty; expected text to evaluate on")
     return text
@@ -81,13 +88,13 @@ def text_windows(paths: list[str], tokenizer, window: int, min_tokens: int = 16)
     """The windows of every file in ``paths`` (module doc), in order.
 
     Raises:
-        InputError: a file :func:`read_utf8` refuses, or one with fewer than ``min_tokens`` tokens.
+        InputError: a file :func:`read_text` refuses, or one with fewer than ``min_tokens`` tokens.
     """
     if window < 1:
         raise InputError(f"--window {window}: expected at least 1 token")
     out: list[Window] = []
     for path in paths:
-        ids = tokenizer.encode(read_utf8(path))
+        ids = tokenizer.encode(read_text(path))
         n_before = len(out)
         for i, start in enumerate(range(0, len(ids), window)):
             chunk = ids[start:start + window]
@@ -123,12 +130,12 @@ def read_labelled(path: str | Path, tokenizer, resolve, max_tokens: int) -> list
         max_tokens: the model's context.
 
     Raises:
-        InputError: the file as :func:`read_utf8`; a line that is not a JSON object with a
+        InputError: the file as :func:`read_text`; a line that is not a JSON object with a
             string ``text``; a span without integer ``start <= end`` inside the text; a label
             naming no known concept (each naming the file, line and label).
     """
     out: list[LabelledText] = []
-    for number, line in enumerate(read_utf8(path).splitlines(), 1):
+    for number, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
