@@ -134,7 +134,7 @@ def _bar(items):
 def table_rows(summary: EvalSummary) -> tuple[list[str], list[list[str]]]:
     """Column names and one row of formatted figures per mode (the terminal table and the Markdown)."""
     cols = ["mode", "NLL/token ± s.e.", "PPL", "mean KLD", "p99 KLD", "same top", f"top-{summary.settings.top_k} known",
-            "Δ known share", "Δ disc. share", "Δ ε share", "steer effect ratio (max |r-1|)"]
+            "Δ known share", "Δ disc. share", "Δ ε share", "steer effect ratio (max deviation from 1)"]
     rows = []
     for m in summary.modes:
         d = m.shares_delta
