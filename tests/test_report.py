@@ -130,7 +130,7 @@ def test_cli_plain_text_skips_detection_with_a_note(tiny_ckpt, tmp_path, capsys)
     assert rc == 0 and "concept detection skipped" in printed and "label alignment skipped" in printed
     d = json.loads(out.read_text())
     assert d["detection"] is None and d["label_alignment"] is None and set(d["shares"]) == {"known", "discovered", "epsilon"}
-    assert "| entanglement: mean |cos| of concept vectors |" in md.read_text()
+    assert "| entanglement: mean absolute cosine of concept vectors |" in md.read_text()
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -89,13 +89,13 @@ def rows(report: Report, catalog) -> list[tuple[str, str, str]]:
             detail += "; worst " + ", ".join(f"{catalog.label(c)} {a:.2f}" for c, a in best[-3:])
         out.append(("concept detection (macro AUROC)", _fmt(d.macro_auroc), detail))
     e = report.entanglement
-    out.append(("entanglement: mean |cos| of concept vectors", _fmt(e["mean_abs_cosine"]), f"{e['concepts']} known concepts"))
-    out.append(("entanglement: mean |corr| of detector logits", _fmt(e["mean_abs_coactivation"]),
+    out.append(("entanglement: mean absolute cosine of concept vectors", _fmt(e["mean_abs_cosine"]), f"{e['concepts']} known concepts"))
+    out.append(("entanglement: mean absolute correlation of detector logits", _fmt(e["mean_abs_coactivation"]),
                 f"{e['concepts_varying']} concepts varying over {e['tokens']} tokens"))
     s = report.shares
     out.append(("logit share known / discovered / epsilon",
                 " / ".join(_fmt(s[k]) for k in ("known", "discovered", "epsilon")),
-                f"mean |share| of the true token's logit at {report.positions} masked positions"))
+                f"mean absolute share of the true token's logit at {report.positions} masked positions"))
     la = report.label_alignment
     if la is not None:
         out.append(("label alignment", _fmt(la["share"]),
