@@ -29,17 +29,28 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
         OSError: the directory cannot be created or written (the temporary is removed).
         Terminated: SIGTERM arrived during the write (after the cleanup).
     """
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a synced temporary file and a rename (as
+    :func:`write_text_atomic`; e.g. a PNG a plotting library rendered into memory).
+
+    Raises:
+        OSError: the directory cannot be created or written (the temporary is removed).
+        Terminated: SIGTERM arrived during the write (after the cleanup).
+    """
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     with cleanup_on_sigterm():
-        return _write_text(path, text)
+        return _write_bytes(path, data)
 
 
-def _write_text(path: Path, text: str) -> Path:
+def _write_bytes(path: Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private

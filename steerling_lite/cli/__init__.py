@@ -7,10 +7,11 @@ import sys
 from importlib.metadata import entry_points
 
 from ..errors import run_guarded
-from . import audit, concepts, explain, generate, index, info, plan, pull, quantize, serve, steer
+from . import audit, concepts, explain, generate, index, info, plan, pull, quantize, report, serve, steer
+from . import eval as eval_cmd
 
 # Each module adds its subcommand(s); the parser's ``func`` runs it and returns an exit code.
-COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index, audit]
+COMMAND_MODULES = [generate, info, plan, quantize, explain, steer, concepts, pull, serve, index, audit, eval_cmd, report]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -124,6 +124,7 @@ def read_text_file(path: str, option: str, max_bytes: int = 64 * 2**20) -> str:
     """The UTF-8 text of ``path`` (given as ``option``), at most ``max_bytes`` (default 64 MiB).
 
     Raises:
-        InputError: the file is missing, a directory, unreadable, too large or not UTF-8.
+        InputError: the file is missing, a directory, unreadable, too large or not UTF-8
+            (:func:`~steerling_lite.textfile.read_text`).
     """
     return read_text(path, f"{option} {path}", max_bytes, "a prompt-sized text file")
