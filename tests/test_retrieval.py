@@ -276,6 +276,7 @@ def test_shipped_corpus_is_the_training_text():
 
 
 def test_default_index_is_built_on_first_use(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STEERLING_LITE_HOME", str(tmp_path / "home"))  # no index built by an earlier test
     small = tmp_path / "corpus.txt.xz"
     with lzma.open(default_corpus_path(), "rt", encoding="utf-8") as f:
         small.write_bytes(lzma.compress("".join(next(f) for _ in range(40)).encode()))

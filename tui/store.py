@@ -6,23 +6,21 @@ One database file, ``sessions.sqlite3`` in :func:`steerling_lite.data_dir`
 "saved" after the commit returned, so a crash never loses what was shown as saved.
 The journal is WAL, so a reader never sees half a write.
 
-Schema (version 2):
+Schema (version 3):
 
 - ``sessions``: title, model directory, system prompt, sampling settings (JSON),
   steering concepts (JSON), created / updated (Unix seconds);
-- ``turns``: one prompt and its output per row, in ``position`` order, with the
-  token ids, the settings and steering used, seed, stop reason, tokens/s and the
-  unsteered output of a "Compare"; since version 2 also which steering produced which
-  tokens (``steering_segments``, ``token_segments``: see :mod:`tui.steering_record`);
-- ``attributions``: concept / input attributions computed for a span of a turn's
-  output (``start``..``end`` token indices, end exclusive), as JSON;
+- ``turns``: one prompt and its output per row, in ``position`` order, with the token ids,
+  the settings and steering used, seed, stop reason, tokens/s, the unsteered output of a
+  "Compare" and (version 3) which steering produced which tokens (``steering_segments``,
+  ``token_segments``: see :mod:`tui.steering_record`);
+- ``attributions``: concept / input attributions of a span of a turn's output
+  (``start``..``end`` token indices, end exclusive), as JSON; ``audits`` (version 2): a
+  span's audit (concepts, input units, nearest training chunks, the answer regenerated with
+  a concept suppressed), as JSON, with the same columns;
 - ``recent_models``: model directories opened, most recent first;
-- ``schema_migrations``: the versions applied.
-
-Version 2 adds ``audits``: the audit of a span of a turn's output (its concepts, input
-units, nearest training chunks and the answer regenerated with a concept suppressed), as
-JSON, with the columns of ``attributions``. A version-1 database is upgraded in place when
-opened; its sessions read as before, with no audits.
+- ``schema_migrations``: the versions applied. An older database is upgraded in place when
+  opened; its sessions read as before (no audits, no steering segments).
 
 A newer app adds a migration to :data:`MIGRATIONS`; an older app refuses a database
 whose version it does not know (:class:`StoreError`), instead of corrupting it. Every
@@ -43,67 +41,9 @@ from typing import Any
 
 from steerling_lite import data_dir
 
-DB_NAME = "sessions.sqlite3"
+from .store_schema import MIGRATIONS, SCHEMA_VERSION  # noqa: F401 (part of this module's API)
 
-# Each entry upgrades the schema by one version; statements run in one transaction.
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE sessions (
-            id INTEGER PRIMARY KEY,
-            title TEXT NOT NULL,
-            model TEXT NOT NULL,
-            system TEXT NOT NULL DEFAULT '',
-            settings TEXT NOT NULL DEFAULT '{}',
-            steering TEXT NOT NULL DEFAULT '[]',
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )""",
-        """CREATE TABLE turns (
-            id INTEGER PRIMARY KEY,
-            session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-            position INTEGER NOT NULL,
-            prompt TEXT NOT NULL,
-            output TEXT NOT NULL,
-            prompt_ids TEXT NOT NULL DEFAULT '[]',
-            token_ids TEXT NOT NULL DEFAULT '[]',
-            settings TEXT NOT NULL DEFAULT '{}',
-            steering TEXT NOT NULL DEFAULT '[]',
-            seed INTEGER,
-            stop_reason TEXT NOT NULL DEFAULT '',
-            tokens_per_s REAL,
-            unsteered TEXT,
-            created_at REAL NOT NULL,
-            UNIQUE (session_id, position)
-        )""",
-        """CREATE TABLE attributions (
-            id INTEGER PRIMARY KEY,
-            turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
-            start INTEGER NOT NULL,
-            end INTEGER NOT NULL,
-            data TEXT NOT NULL,
-            created_at REAL NOT NULL
-        )""",
-        "CREATE TABLE recent_models (path TEXT PRIMARY KEY, used_at REAL NOT NULL)",
-        "CREATE INDEX turns_by_session ON turns (session_id, position)",
-        "CREATE INDEX attributions_by_turn ON attributions (turn_id)",
-    ],
-    [  # 2: audits (issue 11); written out, not derived from the attributions table: a released migration never changes
-        """CREATE TABLE audits (
-            id INTEGER PRIMARY KEY,
-            turn_id INTEGER NOT NULL REFERENCES turns(id) ON DELETE CASCADE,
-            start INTEGER NOT NULL,
-            end INTEGER NOT NULL,
-            data TEXT NOT NULL,
-            created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX audits_by_turn ON audits (turn_id)",
-    ],
-    [  # 3: per-step steering record (issue 12)
-        "ALTER TABLE turns ADD COLUMN steering_segments TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE turns ADD COLUMN token_segments TEXT NOT NULL DEFAULT '[]'",
-    ],
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+DB_NAME = "sessions.sqlite3"
 
 
 class StoreError(Exception):

@@ -46,7 +46,8 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..errors import InputError
-from ..generation.steering import AMPLIFY_TARGET, Steering, SteeringBuilder, SteeringPlan
+from ..generation.steering import AMPLIFY_TARGET, SteeringPlan
+from ..generation.steering_builder import Steering, SteeringBuilder
 from ..generation.step import StepSteering, compute_dtype, denoise_step
 from ..interpret.attribution import attribute_hidden
 from .likelihood import mc_loglikelihood, sample_masks

@@ -8,10 +8,7 @@ in order with the generation's progress messages (at most ~20 redraws a second, 
 every finished block). Esc cancels the generation, which stops before its next step and
 keeps what was committed; a steering change while generating applies from its next
 denoising step. The chat follows a growing answer while it is scrolled to its end.
-
-About 500 lines, over the project's ~450: this is the one screen that wires the chat, the
-three side panels, the status bar and the workers together; what it does is the
-conversation's, and each piece it draws is a widget of its own.
+Its session actions (new, history, export) are :class:`~tui.screens.chat_sessions.SessionActions`.
 """
 
 from __future__ import annotations
@@ -32,20 +29,17 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from steerling_lite import data_dir
-
 from ..backend import Sampling, StatusSource
 from ..conversation import Conversation
 from ..jobs import USER_ERRORS, JobRunner
 from ..records import Answer, Generated, PendingTurn, Progress, SpanRequest
 from ..steering_record import steering_label
 from ..widgets import AttributionPanel, OutputView, PromptArea, SamplingForm, StatusBar, SteeringPanel, TurnView
-from ..widgets.output import clean, meta_line
+from ..widgets.output import meta_line
 from ..audit import audit_target
 from .audit import AuditScreen
 from .compare import CompareScreen
-from .export import ExportScreen
-from .history import HistoryScreen
+from .chat_sessions import SessionActions
 
 WELCOME = ("Type a prompt below and press enter. esc stops a generation; f3 steers by concept; "
            "tab to an answer (or ctrl+g) and press enter to see which concepts made a token. f1: help.")
@@ -66,7 +60,7 @@ class TurnState:
     attribution = property(lambda self: self.answer.attribution)
 
 
-class ChatScreen(JobRunner, Screen):
+class ChatScreen(SessionActions, JobRunner, Screen):
     """Chat, side panel, status bar. See the module docstring for how work runs.
 
     Args:
@@ -420,97 +414,6 @@ class ChatScreen(JobRunner, Screen):
             return
         state = next((s for s in done if s.view.output.has_focus), done[-1])
         self.audit(state, *state.view.output.selection)
-
-    # ---- sessions -----------------------------------------------------------------------------
-    def action_new_session(self, quiet: bool = False) -> None:
-        try:
-            self.conversation.new_session(self.query_one(SteeringPanel).specs)
-        except USER_ERRORS as exc:
-            self.show_error(str(exc))
-            return
-        self._clear_turns()
-        if not quiet:
-            self.clear_errors()
-            self.query_one("#prompt", PromptArea).focus()
-
-    def _clear_turns(self) -> None:
-        for view in list(self.query_one("#turns", VerticalScroll).query(TurnView)):
-            view.remove()
-        self.views = []
-        self.query_one("#welcome").display = True
-        self._show_system("")
-        self.query_one(AttributionPanel).show(None)
-        self.busy = ""
-        self.refresh_status(saved=None)
-
-    def action_history(self) -> None:
-        try:
-            sessions = self.conversation.history()
-        except USER_ERRORS as exc:
-            self.show_error(str(exc))
-            return
-
-        async def opened(session_id: int | None) -> None:
-            if session_id is not None:
-                await self.open_session(session_id)
-
-        def delete(session_id: int) -> None:
-            try:
-                self.conversation.delete_session(session_id)
-            except USER_ERRORS as exc:
-                self.notify(str(exc), severity="error", timeout=6)
-                return
-            if session_id == self.conversation.session.id:  # the one on screen: start afresh
-                self.action_new_session(quiet=True)
-                self.notify("the open session was deleted: this is a new one", timeout=5)
-
-        self.app.push_screen(HistoryScreen(sessions, on_delete=delete), opened)
-
-    async def open_session(self, session_id: int) -> None:
-        """Show saved session ``session_id``: its turns, settings, steering and attributions."""
-        try:
-            session = self.conversation.open_session(session_id)
-        except USER_ERRORS as exc:
-            self.show_error(str(exc))
-            return
-        self._clear_turns()
-        turns = self.query_one("#turns", VerticalScroll)
-        self.query_one("#welcome").display = not session.turns
-        self._show_system(session.system if self.conversation.answers else "")
-        for answer in self.conversation.answers:
-            view = TurnView(answer.turn.prompt, classes="turn")
-            await turns.mount(view)
-            self.views.append(view)
-            view.turn_index = len(self.views) - 1
-            view.show_answer(answer.turn, answer.tokens)
-        self.query_one(SamplingForm).set_values(self.conversation.session_sampling(), session.system)
-        self.query_one(SteeringPanel).set_specs(self.conversation.session_specs())
-        last = self.conversation.answers[-1] if self.conversation.answers else None
-        if last is not None and last.turn.attributions:
-            a = last.turn.attributions[-1]
-            self.query_one(AttributionPanel).show(a.data, (a.start, a.end), note="saved attribution")
-        if self.conversation.made_with_other_model():
-            self.notify(f"this session was made with {session.model}", timeout=5)
-        self.refresh_status(saved=True)
-
-    def _show_system(self, system: str) -> None:
-        """Show the system prompt an instruct chat runs with (dim, above the turns); blank hides it."""
-        line = self.query_one("#system-line", Static)
-        line.update(Text.assemble(("system ", "bold"), clean(system.strip())))
-        line.display = bool(system.strip())
-
-    def action_export(self) -> None:
-        session = self.conversation.session
-        if session.id is None:
-            self.show_error("nothing to export yet: a session is saved when its first answer finishes")
-            return
-
-        def done(path) -> None:
-            if path is not None:
-                self.notify(f"exported to {path}", timeout=5)
-                self.query_one("#chat-error", Static).update(Text(f"exported to {path}", style="green"))
-
-        self.app.push_screen(ExportScreen(session, data_dir() / "exports"), done)
 
     # ---- panels and focus ---------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
