@@ -54,9 +54,15 @@ def bar_rows(title: str, rows: list[dict[str, Any]], width: int) -> Text:
 def discovered_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Discovered-concept rows as the panel labels them, under its "discovered concepts" heading:
     ``#3 "dog, cat, horse"`` for a described ``discovered #3 "dog, cat, horse"`` (so that its
-    words fit the label column); other labels as they are."""
-    return [{**r, "label": str(r["label"]).removeprefix("discovered ")} if '"' in str(r["label"]) else r
+    words fit the label column), and so for a label file's ``discovered #3: ...``; other labels as
+    they are."""
+    return [{**r, "label": str(r["label"]).removeprefix("discovered ")} if _described(str(r["label"])) else r
             for r in rows]
+
+
+def _described(label: str) -> bool:
+    """``discovered #3 "dog, cat"`` or a label file's ``discovered #3: dog, cat``: more than the id."""
+    return label.startswith("discovered #") and len(label.split(" ", 2)) > 2
 
 
 class AttributionPanel(Vertical):
