@@ -54,6 +54,8 @@ def _exit_2(capsys, argv, *needles) -> str:
     ("rope_base", "RAW:1e999", "'rope_base' is inf"),  # json reads 1e999 as infinity
     ("clip_qkv", 0, "'clip_qkv' is 0"),
     ("diff_block_size", 4096, "larger than the context"),
+    ("norm_eps", None, "'norm_eps' is null; expected int or float"),  # null only where the field allows it
+    ("pad_multiple", None, "'pad_multiple' is null; expected int"),
 ])
 def test_config_fields_out_of_bounds(ckpt_copy, capsys, field, value, needle):
     _set_config(ckpt_copy, **{field: value})

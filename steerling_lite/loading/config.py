@@ -170,9 +170,12 @@ _FLAT_CONCEPT_FIELD = {v: k for k, v in _FLAT_CONCEPT_NAME.items()}
 
 # Field types, for type checks with clear messages.
 _TYPES: dict[str, tuple[type, ...]] = {}
+_NULLABLE: set[str] = set()  # fields whose type admits null (``X | None``)
 for _cls in (SteerlingConfig, ConceptConfig):
     for _f in fields(_cls):
         t = str(_f.type)
+        if "None" in t:
+            _NULLABLE.add(_f.name)
         if t.startswith("int"):
             _TYPES[_f.name] = (int,)
         elif t.startswith("float"):
@@ -185,9 +188,10 @@ for _cls in (SteerlingConfig, ConceptConfig):
 
 def _check_type(source: str, key: str, value: Any) -> None:
     expected = _TYPES.get(key)
+    if value is None and expected is not None and key not in _NULLABLE:
+        names = " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{source}: '{key}' is null; expected {'a number' if key in _REQUIRED else names}")
     if expected is None or value is None:
-        if value is None and key in _REQUIRED:
-            raise ConfigError(f"{source}: '{key}' is null; expected a number")
         return
     ok = isinstance(value, expected) and not (bool not in expected and isinstance(value, bool))
     if not ok:
