@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from ..errors import RetrievalError
 from ..generation.steering_builder import SteeringBuilder
-from ..interpret.audit import (DEFAULT_INPUT_METHOD, INPUT_METHODS, METHOD_NAMES, audit_span, span_positions,
+from ..interpret.audit import (DEFAULT_INPUT_METHOD, INPUT_METHODS, METHOD_NAMES, audit_span, check_span,
                                suppression)
 from ..interpret.prompt_units import GRANULARITIES
 from ..interpret.retrieval import TrainingIndex, output_spans
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     result = attribution.result
     assert result is not None
     start, end = args.span if args.span is not None else default_span(lm, attribution)
-    span_positions(attribution, start, end)  # a bad span fails before an index is opened or built
+    check_span(attribution, start, end)  # a bad span fails before an index is opened or built
     index = TrainingIndex.open(index_path(args, lm), lm) if args.retrieve > 0 else None
     try:
         audit = audit_span(lm, attribution, start, end, inputs=args.inputs > 0, method=args.method,

@@ -29,7 +29,7 @@ from ..errors import ConceptError
 from ..generation.steering_builder import Steering
 from .chunks import ChunkAttribution, ChunkConcept
 from .input_attribution import InputScore, input_attribution
-from .occlusion import occlusion
+from .occlusion import occlusion, span_positions
 from .retrieval import SpanNeighbours, TrainingIndex, retrieve, span_ids
 
 INPUT_METHODS = ("occlusion", "ig")
@@ -37,15 +37,16 @@ DEFAULT_INPUT_METHOD = "occlusion"
 METHOD_NAMES = {"occlusion": "occlusion", "ig": "integrated gradients"}
 
 
-def span_positions(attribution, start: int, end: int) -> list[int]:
-    """Absolute positions of the committed tokens of generated tokens ``[start, end)``.
+def check_span(attribution, start: int, end: int) -> list[int]:
+    """The one check of a span of generated tokens ``[start, end)`` (inside the output, holding
+    text: :func:`~.retrieval.span_ids`); its committed absolute positions
+    (:func:`~.occlusion.span_positions`).
 
     Raises:
         RetrievalError: the span is empty, outside the output, or holds no generated text.
     """
-    span_ids(attribution, start, end)  # the one check of a span (outside the output, no text)
-    lo, hi = attribution.prompt_len + start, attribution.prompt_len + end
-    return [p for p in attribution.positions.tolist() if lo <= p < hi]
+    span_ids(attribution, start, end)
+    return span_positions(attribution.trace, start, end)
 
 
 def span_concepts(attribution, start: int, end: int) -> ChunkAttribution:
@@ -55,7 +56,7 @@ def span_concepts(attribution, start: int, end: int) -> ChunkAttribution:
     Raises:
         RetrievalError: a span outside the output or without text.
     """
-    span_positions(attribution, start, end)
+    check_span(attribution, start, end)
     p0 = attribution.prompt_len
     return attribution.chunks([(p0 + start, p0 + end)])[0]
 
@@ -80,7 +81,7 @@ def span_inputs(lm, attribution, start: int, end: int, method: str = DEFAULT_INP
     """
     if method not in INPUT_METHODS:
         raise ConceptError(f"input attribution method {method!r}: expected one of {', '.join(INPUT_METHODS)}")
-    positions = span_positions(attribution, start, end)
+    positions = check_span(attribution, start, end)
     if method == "occlusion":
         found = occlusion(lm, attribution, positions, granularity=granularity)
     else:
