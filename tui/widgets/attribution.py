@@ -88,7 +88,11 @@ class AttributionPanel(Vertical):
         yield Static("", id="attr-more", classes="hint")  # its line is always there: the scroll's size never depends on it
 
     def on_mount(self) -> None:
-        self.watch(self.query_one("#attr-scroll", VerticalScroll), "scroll_y", self._update_more, init=False)
+        scroll = self.query_one("#attr-scroll", VerticalScroll)
+        # the hint follows the scroll position and the content's laid-out height: a new
+        # attribution is laid out a refresh or more after it is drawn
+        for attribute in ("scroll_y", "virtual_size", "size"):
+            self.watch(scroll, attribute, self._update_more, init=False)
 
     def on_resize(self) -> None:
         self._draw()
