@@ -134,6 +134,11 @@ def test_search_and_groups_match_reference(label_files):
     assert [c.concept_id for c in ours.search("cat")] == [6, 2, 0, 3]
     assert [c.concept_id for c in ours.search("cat", head="discovered", steerable_only=False)] == [3]
     assert [c.concept_id for c in ours.search("cat", limit=2)] == [6, 2]
+    # no whole-word match: word prefixes, scored alike (a search typed as you go); "category"
+    # is not found by "cat" above, since whole words matched there
+    assert [c.concept_id for c in ours.search("do")] == [3, 0]
+    assert [c.concept_id for c in ours.search("categ")] == [1]
+    assert ours.search("xyz") == [] and ours.search("ategory") == []
     for cid in (0, 2, 3, 4):
         assert ours.group(cid) == ref.group(cid)
     assert ours.groups() == {1: ("felines", [0, 2, 6]), 2: ("canines", [3])}

@@ -18,16 +18,14 @@ labels ``known #id`` / ``discovered #id``, or for a loaded model's discovered co
 tokens each promotes, ``discovered #3 "dog, cat, horse"`` (:mod:`.discovered`).
 
 Search ranks by whole-word matches of the query's words, three points per match in
-the name and one in the description, as the reference's ``ConceptCatalog.search``.
+the name and one in the description, as the reference's ``ConceptCatalog.search`` (word
+prefixes when nothing matches whole). Reading a table's columns: :mod:`.concept_labels`.
 What a concept does in the loaded weights (the vocabulary it promotes, the reliable
 cross-check of what an id means) is :mod:`steerling_lite.interpret.concept_tokens`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +35,7 @@ from typing import Any, Literal
 
 from ..errors import ConceptError
 from ..model.concept_heads import as_concept_id
+from .concept_labels import parse_bool, parse_int, parse_str, read_label_columns
 
 Head = Literal["known", "discovered"]
 
@@ -117,90 +116,6 @@ class Concept:
 # reading label files
 
 
-def _parse_bool(value: Any, default: bool) -> bool:
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value) if not (isinstance(value, float) and math.isnan(value)) else default
-    s = str(value).strip().lower()
-    if s in ("", "nan", "none", "null"):
-        return default
-    if s in ("1", "true", "t", "yes", "y"):
-        return True
-    if s in ("0", "false", "f", "no", "n"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def _parse_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if value != int(value):
-            raise ValueError(f"not an integer: {value!r}")
-        return int(value)
-    s = str(value).strip()
-    if s.lower() in ("", "nan", "none", "null"):
-        return None
-    f = float(s)
-    if f != int(f):
-        raise ValueError(f"not an integer: {value!r}")
-    return int(f)
-
-
-def _parse_str(value: Any) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value) if str(value) != "" else None  # CSV writes missing values as empty strings
-
-
-def _read_columns(path: Path) -> dict[str, list[Any]]:
-    """Columns of a labels file as lists (parquet via pyarrow, CSV, JSON)."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-            return {name: table.column(name).to_pylist() for name in table.column_names}
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                rows = list(reader)
-                names = list(reader.fieldnames or [])
-            return {n: [r.get(n) for r in rows] for n in names}
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "concepts" in data:
-                data = data["concepts"]
-            if isinstance(data, list):
-                names: list[str] = []
-                for r in data:
-                    if not isinstance(r, dict):
-                        raise ConceptError(f"{path}: expected a list of objects, one per concept")
-                    names += [k for k in r if k not in names]
-                return {n: [r.get(n) for r in data] for n in names}
-            if isinstance(data, dict) and all(isinstance(v, (list, dict)) for v in data.values()):
-                cols = {}
-                for k, v in data.items():  # column-oriented, e.g. pandas to_json(orient="columns")
-                    cols[k] = list(v.values()) if isinstance(v, dict) else list(v)
-                return cols
-            raise ConceptError(f"{path}: expected a list of concept objects or an object of columns")
-    except ConceptError:
-        raise
-    except Exception as exc:  # pyarrow / csv / json errors name the problem; add the file
-        raise ConceptError(f"{path}: cannot read concept labels ({type(exc).__name__}: {exc})") from None
-    raise ConceptError(f"{path}: unsupported labels file type {suffix!r}; expected .parquet, .csv or .json")
-
-
 def read_concept_labels(path: str | Path, n_known: int | None = None) -> list[Concept]:
     """Concepts of a labels file (parquet, CSV or JSON), with head-local ids (see the module doc).
 
@@ -216,7 +131,7 @@ def read_concept_labels(path: str | Path, n_known: int | None = None) -> list[Co
     path = Path(path)
     if not path.is_file():
         raise ConceptError(f"concept labels file {path} does not exist")
-    cols = _read_columns(path)
+    cols = read_label_columns(path)
     if "concept_idx" in cols and "concept_id" not in cols:  # the reference's legacy CSV
         cols["concept_id"] = cols.pop("concept_idx")
     missing = [c for c in REQUIRED_COLUMNS if c not in cols]
@@ -234,10 +149,10 @@ def read_concept_labels(path: str | Path, n_known: int | None = None) -> list[Co
     for i in range(n_rows):
         row = {k: col(k)[i] for k in PUBLISHED_COLUMNS}
         try:
-            cid = _parse_int(row["concept_id"])
+            cid = parse_int(row["concept_id"])
             if cid is None or cid < 0:
                 raise ValueError(f"concept_id {row['concept_id']!r} is not a non-negative integer")
-            head = normalize_head(row["head"]) if _parse_str(row["head"]) else "known"
+            head = normalize_head(row["head"]) if parse_str(row["head"]) else "known"
             raw.append((cid, head, row))
         except (ValueError, ConceptError) as exc:
             raise ConceptError(f"{path}: row {i + 1}: {exc}") from None
@@ -256,14 +171,14 @@ def read_concept_labels(path: str | Path, n_known: int | None = None) -> list[Co
         try:
             out.append(Concept(
                 concept_id=local, head=head,
-                name=_parse_str(row["concept_name"]) or "",
-                description=_parse_str(row["concept_description"]) or "",
-                group_id=_parse_int(row["public_group_id"]),
-                group_name=_parse_str(row["group_name"]),
-                is_steerable=_parse_bool(row["is_steerable"], head == "known"),
-                is_tone=_parse_bool(row["is_tone"], False),
-                is_alignment=_parse_bool(row["is_alignment"], False),
-                is_demographic=_parse_bool(row["is_demographic"], False),
+                name=parse_str(row["concept_name"]) or "",
+                description=parse_str(row["concept_description"]) or "",
+                group_id=parse_int(row["public_group_id"]),
+                group_name=parse_str(row["group_name"]),
+                is_steerable=parse_bool(row["is_steerable"], head == "known"),
+                is_tone=parse_bool(row["is_tone"], False),
+                is_alignment=parse_bool(row["is_alignment"], False),
+                is_demographic=parse_bool(row["is_demographic"], False),
             ))
         except ValueError as exc:
             raise ConceptError(f"{path}: row {i + 1} (concept {cid}): {exc}") from None
@@ -418,12 +333,20 @@ class ConceptCatalog:
 
         Score: per query word, 3 per whole-word match in the name plus 1 per match in the
         description (case-insensitive; the reference's ``ConceptCatalog.search``); ties by id.
+        When no concept has a whole-word match, words that start with the query's words count
+        the same way, so that a search typed as you go (``ani``) finds ``noun.animal``.
         By default only steerable known concepts, the set that can be steered.
         """
         terms = [t for t in query.lower().split() if t]
         if not terms:
             return []
-        patterns = [re.compile(rf"\b{re.escape(t)}\b") for t in terms]
+        found = self._scored([re.compile(rf"\b{re.escape(t)}\b") for t in terms], steerable_only, head)
+        if not found:
+            found = self._scored([re.compile(rf"\b{re.escape(t)}") for t in terms], steerable_only, head)
+        return found[: max(limit, 0)]
+
+    def _scored(self, patterns: list[re.Pattern[str]], steerable_only: bool, head: str | None) -> list[Concept]:
+        """Concepts with a positive :meth:`search` score for ``patterns``, best first."""
         scored: list[tuple[int, Concept]] = []
         for c in self.concepts(head, steerable_only):
             name, desc = c.name.lower(), c.description.lower()
@@ -431,7 +354,7 @@ class ConceptCatalog:
             if score > 0:
                 scored.append((score, c))
         scored.sort(key=lambda sc: (-sc[0], sc[1].head != "known", sc[1].concept_id))
-        return [c for _, c in scored[: max(limit, 0)]]
+        return [c for _, c in scored]
 
     def group(self, concept_id: int, head: str = "known") -> list[int]:
         """Ids of the concepts in this concept's public group, the focal id first (just the id
