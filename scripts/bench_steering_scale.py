@@ -38,10 +38,10 @@ from steerling_lite import (  # noqa: E402
 )
 
 START, END = "<!-- steering-scale:start -->", "<!-- steering-scale:end -->"
-CONCEPTS = ("noun.animal", "noun.food")
-PROMPTS = ("The history of the city", "She opened the door and")
-SEEDS = (1,)
-RELATIVE = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
+CONCEPTS = ("noun.animal", "noun.food", "noun.plant", "noun.location")
+PROMPTS = ("The history of the city", "She opened the door and", "In the morning the farmer", "A small book about")
+SEEDS = (1, 2, 3)
+RELATIVE = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0)
 REFERENCE = (1.0, 8.0)
 WORD = re.compile(r"[a-z]+")
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-import pytest
+# One PyTorch thread in the tests and in the commands they start: the tiny checkpoints gain
+# nothing from a second one, and on a 2-core machine that another process keeps busy, two
+# OpenMP threads waiting on each other make the suite many times slower. Set before torch is
+# imported (the import below) so that its thread pools start with one.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from steerling_lite.loading.random_checkpoint import preset_config, write_random_checkpoint  # noqa: E402
+
+torch.set_num_threads(1)  # also when a plugin imported torch before this file
 
 _CACHE: dict[str, Path] = {}
 
