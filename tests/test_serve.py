@@ -11,6 +11,7 @@ import base64
 import json
 
 import numpy as np
+import openai
 import pytest
 
 from steerling_lite import ChatMessage, GenerationConfig, Steering, SteeringBuilder, Steerling, embed, explain
@@ -175,14 +176,24 @@ def test_steering_by_concept_name_and_the_app_preset_format():
         by = {}
         for key, steering in [("id", [{"concept": animal, "strength": 2}]),
                               ("name", [{"concept": "Noun.Animal", "strength": 2}]),
-                              ("preset", {"format": "steerling-lite.session/1", "steering": [
-                                  {"concept_id": animal, "label": "noun.animal", "strength": 2.0, "enabled": True},
-                                  {"concept_id": 3, "label": "x", "strength": 5.0, "enabled": False}]})]:
-            out = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16, seed=1,
+                              ("session", {"format": "steerling-lite.session/1", "steering": [
+                                  {"concept_id": animal, "label": "noun.animal", "strength": 3.0, "enabled": True},
+                                  {"concept_id": 3, "label": "x", "strength": 5.0, "enabled": False}]}),
+                              ("relative", [{"concept": animal, "strength": 3, "units": "relative",
+                                             "schedule": "fixed"}])]:
+            out = api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=64, seed=1,
                                          extra_body={"steering": steering})
             by[key] = out.choices[0].text
-    plan = SteeringBuilder(lm).build([Steering(animal, "amplify", 2.0)])
-    assert by["id"] == by["name"] == by["preset"] == lm.generate(PROMPT, cfg(16, None, 1), plan).text
+        with pytest.raises(openai.BadRequestError, match="units"):
+            api.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16,
+                                   extra_body={"steering": [{"concept": animal, "units": "logits"}]})
+    builder = SteeringBuilder(lm)
+    reference = builder.build([Steering(animal, "amplify", 2.0)])
+    assert by["id"] == by["name"] == lm.generate(PROMPT, cfg(64, None, 1), reference).text
+    # the app's saved session means what its sliders mean: relative units, steered to the end
+    slider = builder.build([Steering(animal, "amplify", 3.0, schedule="fixed", units="relative")])
+    assert by["session"] == by["relative"] == lm.generate(PROMPT, cfg(64, None, 1), slider).text
+    assert by["session"] != by["id"]
 
 
 def _default_dir():

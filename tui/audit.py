@@ -33,7 +33,7 @@ from steerling_lite import (
 )
 
 from .backend import BackendError, Sampling
-from .concepts import DEFAULT_STRENGTH, ConceptSpec, attribute_span, span_positions
+from .concepts import DEFAULT_STRENGTH, ConceptSpec, answer_range, attribute_span
 from .conversation import RUNNING, Conversation
 from .records import Answer, ModelServices, Saved
 from .store import Audit, StoreError, Turn
@@ -78,7 +78,7 @@ class AuditTarget:
         Raises:
             BackendError: an empty or out-of-range span.
         """
-        a, b = span_positions(self.answer.positions, self.start, self.end)
+        a, b = answer_range(self.answer.positions, self.start, self.end)
         p0 = len(self.turn.prompt_ids)
         return a - p0, b - p0
 

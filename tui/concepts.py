@@ -270,7 +270,7 @@ def recorder(lm: Steerling, gen: Generation, catalog: Catalog) -> AttributionRec
     return AttributionRecorder(lm, gen, catalog.cat)
 
 
-def span_positions(positions: Sequence[int], start: int, end: int) -> tuple[int, int]:
+def answer_range(positions: Sequence[int], start: int, end: int) -> tuple[int, int]:
     """Answer tokens ``start..end`` (exclusive) -> absolute positions ``[first, last + 1)``.
 
     Raises:
@@ -294,7 +294,7 @@ def attribute_span(attribution: ConceptAttribution, positions: Sequence[int], st
     Raises:
         BackendError: an empty or out-of-range span.
     """
-    a, b = span_positions(positions, start, end)
+    a, b = answer_range(positions, start, end)
     chunk = attribution.chunks([(a, b)])[0]
 
     def rows(head: str) -> tuple[list[dict[str, Any]], float]:

@@ -106,18 +106,23 @@ class ConceptNames:
 def parse_steering(value: Any, names: ConceptNames | None) -> list[Steering]:
     """The ``steering`` field as :class:`Steering` specs (see :mod:`.schemas` for the formats).
 
-    A strength without a mode is the app's slider: positive amplifies (target in logit
-    units, as ``--amplify ID=X``), negative suppresses with alpha ``|X|`` (``--suppress``);
-    without a strength, the amplify preset's 8.
+    A strength without a mode picks it by sign: positive amplifies, negative suppresses with
+    ``|X|``; without a strength, the mode's reference default (amplify: target 8). Units: an
+    item's ``"units"`` (``reference``: logit units as ``--amplify ID=X``; ``relative``: the
+    app's sliders), else ``reference`` for a list and ``relative`` for a saved session
+    (``{"steering": [...]}``, what the app exports: its sliders' units). Schedule: an item's
+    ``"schedule"`` (``fixed`` / ``hard_cutoff``), else the mode's reference preset for a list
+    and ``fixed`` for a saved session (the app steers for as long as a slider is on).
 
     Raises:
         ConceptError: a malformed list, an unknown concept, a strength that is not a finite
-            number, or a model without concept heads.
+            number, an unknown mode / units / schedule, or a model without concept heads.
     """
     if value is None:
         return []
-    if isinstance(value, dict) and "steering" in value:  # a saved session / preset file
-        value = value["steering"]
+    units, schedule = "reference", None
+    if isinstance(value, dict) and "steering" in value:  # a saved session: the app's sliders
+        value, units, schedule = value["steering"], "relative", "fixed"
     if not isinstance(value, list):
         raise ConceptError("steering: expected a list of {\"concept\": ID_OR_NAME, \"strength\": X} objects")
     if value and names is None:
@@ -135,15 +140,26 @@ def parse_steering(value: Any, names: ConceptNames | None) -> list[Steering]:
         if not isinstance(enabled, bool):
             raise ConceptError(f"{where}.enabled: expected true or false, got {enabled!r}")
         strength = _finite(item.get("strength"), f"{where}.strength")
+        how = {"units": _choice(item, "units", ("reference", "relative"), units, where),
+               "schedule": _choice(item, "schedule", ("fixed", "hard_cutoff"), schedule, where)}
         mode = item.get("mode")
         if mode is None:
-            s = 8.0 if strength is None else strength
-            out.append(Steering(cid, "amplify" if s >= 0 else "suppress", abs(s), enabled))
+            if strength is None:
+                out.append(Steering(cid, "amplify", None, enabled, **how))
+            else:
+                out.append(Steering(cid, "amplify" if strength >= 0 else "suppress", abs(strength), enabled, **how))
         elif mode in ("amplify", "suppress", "intervene"):
-            out.append(Steering(cid, mode, strength, enabled))
+            out.append(Steering(cid, mode, strength, enabled, **how))
         else:
             raise ConceptError(f"{where}.mode: {mode!r}; expected amplify, suppress or intervene")
     return out
+
+
+def _choice(item: dict[str, Any], key: str, options: tuple[str, ...], default: str | None, where: str) -> str | None:
+    value = item.get(key, default)
+    if value is not None and value not in options:
+        raise ConceptError(f"{where}.{key}: {value!r}; expected {' or '.join(options)}")
+    return value
 
 
 def _finite(value: Any, where: str) -> float | None:

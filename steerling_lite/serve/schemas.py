@@ -7,8 +7,10 @@ own (the ``openai`` client's ``extra_body``):
 
 - ``steering``: a list of ``{"concept": ID_OR_NAME, "strength": X}`` (X > 0 amplifies with
   target X in logit units, X < 0 suppresses with alpha |X|; optional ``"mode"`` ``amplify`` /
-  ``suppress`` / ``intervene`` and ``"enabled"``), or the steering list the app saves
-  (``{"concept_id", "label", "strength", "enabled"}``), or a saved session holding one;
+  ``suppress`` / ``intervene``, ``"enabled"``, ``"units"`` ``reference`` / ``relative`` (the
+  app's sliders) and ``"schedule"`` ``fixed`` / ``hard_cutoff``), items also as the app
+  saves them (``{"concept_id", "label", "strength", "enabled"}``), or a saved session
+  ``{"steering": [...]}``, read as the app means it: relative units, fixed schedule;
 - ``inject_layer``: the layer steering injects from (default: the presets');
 - ``attribution``: ``true`` (top 5 concepts) or ``{"top": N}``: per-token concepts and
   known / discovered / epsilon shares in each chunk (or the response);
