@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import ChatMessage, ConceptCatalog, ConceptError, GenerationConfig, GenerationError, Steering, Steerling
+from ..generation.steering_builder import SCHEDULES, UNITS
 from .errors import APIError, bad_request
 from .schemas import AttributionOptions, ChatCompletionRequest, CompletionRequest, GenerationParams
 
@@ -140,18 +141,14 @@ def parse_steering(value: Any, names: ConceptNames | None) -> list[Steering]:
         if not isinstance(enabled, bool):
             raise ConceptError(f"{where}.enabled: expected true or false, got {enabled!r}")
         strength = _finite(item.get("strength"), f"{where}.strength")
-        how = {"units": _choice(item, "units", ("reference", "relative"), units, where),
-               "schedule": _choice(item, "schedule", ("fixed", "hard_cutoff"), schedule, where)}
         mode = item.get("mode")
-        if mode is None:
-            if strength is None:
-                out.append(Steering(cid, "amplify", None, enabled, **how))
-            else:
-                out.append(Steering(cid, "amplify" if strength >= 0 else "suppress", abs(strength), enabled, **how))
-        elif mode in ("amplify", "suppress", "intervene"):
-            out.append(Steering(cid, mode, strength, enabled, **how))
-        else:
+        if mode is None:  # by the strength's sign
+            mode = "suppress" if strength is not None and strength < 0 else "amplify"
+            strength = None if strength is None else abs(strength)
+        elif mode not in ("amplify", "suppress", "intervene"):
             raise ConceptError(f"{where}.mode: {mode!r}; expected amplify, suppress or intervene")
+        out.append(Steering(cid, mode, strength, enabled, units=_choice(item, "units", UNITS, units, where),
+                            schedule=_choice(item, "schedule", SCHEDULES, schedule, where)))
     return out
 
 
